@@ -1,0 +1,10 @@
+//! The Flotilla hub: follows Git, builds bundles, and serves them to agents over mTLS gRPC.
+//!
+//! See docs/ARCHITECTURE.md for the map. In short: `source` fetches Git and builds
+//! `bundle`s, `fleet` holds the in-memory index of who should run what and who is connected,
+//! `grpc` is the only place that sees protobuf, `store` the only place that sees sled.
+
+pub mod bundle;
+pub mod model;
+pub mod pki;
+pub mod store;

@@ -1,0 +1,235 @@
+//! Domain types of the hub: clusters, tokens, Git repositories, bundles and deployments.
+//!
+//! These are the nouns every other module speaks. They carry no protobuf, sled or gix types:
+//! `grpc` converts them to and from the wire, `store` to and from bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Identity of a registered cluster; also the URI SAN of its client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterId(pub Uuid);
+
+impl ClusterId {
+    /// A fresh random identity.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for ClusterId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A registered cluster, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: ClusterId,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub registered_at: i64,
+    pub agent_version: String,
+    pub kubernetes_version: String,
+}
+
+/// A registration token. Only the SHA-256 of its secret is ever stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationToken {
+    /// Public identifier, the part of the token before the dot.
+    pub id: String,
+    /// Hex SHA-256 of the whole token string.
+    pub secret_sha256: String,
+    pub description: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// 0 means unlimited.
+    pub max_uses: u32,
+    pub uses: u32,
+}
+
+/// What the hub watches in Git, as the admin gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRepoSpec {
+    pub name: String,
+    pub url: String,
+    pub branch: String,
+    /// Bundle directories, relative to the repository root, without leading or trailing `/`.
+    /// Empty means the root is the one bundle.
+    pub paths: Vec<String>,
+    pub poll_interval_secs: u32,
+}
+
+/// The outcome of the last fetch of a Git repository.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRepoStatus {
+    pub commit: Option<String>,
+    pub error: Option<String>,
+    pub last_fetch: i64,
+}
+
+/// A Git repository: its spec and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRepo {
+    pub spec: GitRepoSpec,
+    pub status: GitRepoStatus,
+}
+
+/// Identity of a bundle: `<gitrepo>/<path>`, or `<gitrepo>` for the repository root.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BundleId(pub String);
+
+impl BundleId {
+    /// The id of the bundle at `path` in Git repository `repo`.
+    pub fn new(repo: &str, path: &str) -> Self {
+        if path.is_empty() { Self(repo.to_string()) } else { Self(format!("{repo}/{path}")) }
+    }
+}
+
+impl fmt::Display for BundleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Hex SHA-256 of some content: manifests and whole deployments are named by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContentHash(pub String);
+
+impl ContentHash {
+    /// Hash `bytes` with SHA-256.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(hex::encode(sha2::Sha256::digest(bytes)))
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One manifest of a bundle, by reference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRef {
+    pub hash: ContentHash,
+    /// `path/in/repo.yaml#N`, N counting documents from 1.
+    pub source: String,
+}
+
+/// The desired content of a bundle: the same for every cluster that gets it, so it is shared
+/// (`Arc`) between all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleContent {
+    pub content_hash: ContentHash,
+    /// The commit this content was built from.
+    pub revision: String,
+    pub default_namespace: String,
+    pub manifests: Vec<ManifestRef>,
+}
+
+/// A bundle at its current revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub id: BundleId,
+    pub repo: String,
+    pub path: String,
+    /// Git tree id of the bundle directory: an unchanged tree needs no rebuild.
+    pub tree_id: String,
+    /// The last content built without error; deployed while `error` is set.
+    pub content: Option<Arc<BundleContent>>,
+    /// Why the newest revision could not be built, naming the file and line.
+    pub error: Option<String>,
+}
+
+/// Fleet's bundle deployment states, in the order of how bad they are (worst last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DeploymentState {
+    Ready,
+    NotReady,
+    WaitApplied,
+    Pending,
+    OutOfSync,
+    Modified,
+    Missing,
+    ErrApplied,
+}
+
+impl DeploymentState {
+    /// The name Fleet users know.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::NotReady => "NotReady",
+            Self::WaitApplied => "WaitApplied",
+            Self::Pending => "Pending",
+            Self::OutOfSync => "OutOfSync",
+            Self::Modified => "Modified",
+            Self::Missing => "Missing",
+            Self::ErrApplied => "ErrApplied",
+        }
+    }
+}
+
+/// What became of one object on the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ObjectState {
+    Applied,
+    Failed,
+    Waiting,
+    Ready,
+    NotReady,
+}
+
+/// The status of one object of a deployment, as the agent reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectStatus {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub state: ObjectState,
+    pub message: String,
+    pub source: String,
+}
+
+/// The last status an agent reported for one bundle on its cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedStatus {
+    pub content_hash: ContentHash,
+    pub state: DeploymentState,
+    pub message: String,
+    pub objects: Vec<ObjectStatus>,
+    /// Unix seconds of the report.
+    pub updated_at: i64,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether `name` is a lower-case RFC 1123 label (what Kubernetes accepts as a namespace name).
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

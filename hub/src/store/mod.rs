@@ -1,0 +1,196 @@
+//! The hub's durable state, in an embedded sled database under the data directory.
+//!
+//! Only this module touches the database. Everything is stored as JSON values of the `model`
+//! types, one sled tree per kind, so the on-disk format is readable and can move to another
+//! engine (sled 0.34 has had no release since 2021) by rewriting this file alone.
+//!
+//! Boundary: callers see typed methods; no sled type leaves this module.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{
+    Bundle, BundleId, Cluster, ClusterId, ContentHash, GitRepo, RegistrationToken, ReportedStatus,
+};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}; is another hub using this data directory?")]
+    Open { path: String, source: sled::Error },
+    #[error("store I/O failed: {0}; check the data directory's disk and permissions")]
+    Io(#[from] sled::Error),
+    #[error("corrupt record in {tree}/{key}: {source}")]
+    Corrupt { tree: &'static str, key: String, source: serde_json::Error },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+const CLUSTERS: &str = "clusters";
+const TOKENS: &str = "tokens";
+const REPOS: &str = "gitrepos";
+const BUNDLES: &str = "bundles";
+const MANIFESTS: &str = "manifests";
+const STATUS: &str = "status";
+
+/// The hub's database handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    clusters: sled::Tree,
+    tokens: sled::Tree,
+    repos: sled::Tree,
+    bundles: sled::Tree,
+    manifests: sled::Tree,
+    status: sled::Tree,
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|source| StoreError::Open { path: dir.display().to_string(), source })?;
+        Ok(Self {
+            clusters: db.open_tree(CLUSTERS)?,
+            tokens: db.open_tree(TOKENS)?,
+            repos: db.open_tree(REPOS)?,
+            bundles: db.open_tree(BUNDLES)?,
+            manifests: db.open_tree(MANIFESTS)?,
+            status: db.open_tree(STATUS)?,
+            db,
+        })
+    }
+
+    /// Write everything buffered to disk; called on shutdown.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn put_cluster(&self, c: &Cluster) -> Result<()> {
+        put(&self.clusters, c.id.to_string().as_bytes(), c)
+    }
+    pub fn clusters(&self) -> Result<Vec<Cluster>> {
+        all(&self.clusters, CLUSTERS)
+    }
+
+    pub fn put_token(&self, t: &RegistrationToken) -> Result<()> {
+        put(&self.tokens, t.id.as_bytes(), t)
+    }
+    pub fn token(&self, id: &str) -> Result<Option<RegistrationToken>> {
+        get(&self.tokens, TOKENS, id.as_bytes())
+    }
+    /// Count one use of token `id` atomically, unless `check` refuses it. Returns `None` for
+    /// an unknown token, else the token as it was before this use, or `check`'s refusal.
+    pub fn use_token<E>(
+        &self,
+        id: &str,
+        check: impl Fn(&RegistrationToken) -> std::result::Result<(), E>,
+    ) -> Result<Option<std::result::Result<RegistrationToken, E>>> {
+        loop {
+            let Some(old_bytes) = self.tokens.get(id.as_bytes())? else {
+                return Ok(None);
+            };
+            let token: RegistrationToken = decode(TOKENS, id.as_bytes(), &old_bytes)?;
+            if let Err(e) = check(&token) {
+                return Ok(Some(Err(e)));
+            }
+            let mut used = token.clone();
+            used.uses += 1;
+            let new_bytes = serde_json::to_vec(&used).expect("model types serialize");
+            let swapped =
+                self.tokens.compare_and_swap(id.as_bytes(), Some(old_bytes), Some(new_bytes))?;
+            if swapped.is_ok() {
+                return Ok(Some(Ok(token)));
+            }
+        }
+    }
+
+    pub fn put_repo(&self, r: &GitRepo) -> Result<()> {
+        put(&self.repos, r.spec.name.as_bytes(), r)
+    }
+    pub fn repo(&self, name: &str) -> Result<Option<GitRepo>> {
+        get(&self.repos, REPOS, name.as_bytes())
+    }
+    pub fn repos(&self) -> Result<Vec<GitRepo>> {
+        all(&self.repos, REPOS)
+    }
+
+    pub fn put_bundle(&self, b: &Bundle) -> Result<()> {
+        put(&self.bundles, b.id.0.as_bytes(), b)
+    }
+    pub fn delete_bundle(&self, id: &BundleId) -> Result<()> {
+        self.bundles.remove(id.0.as_bytes())?;
+        Ok(())
+    }
+    pub fn bundles(&self) -> Result<Vec<Bundle>> {
+        all(&self.bundles, BUNDLES)
+    }
+
+    /// Store a manifest under its content hash; storing the same content again is free.
+    pub fn put_manifest(&self, hash: &ContentHash, json: &[u8]) -> Result<()> {
+        if !self.manifests.contains_key(hash.0.as_bytes())? {
+            self.manifests.insert(hash.0.as_bytes(), json)?;
+        }
+        Ok(())
+    }
+    pub fn manifest(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.manifests.get(hash.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    pub fn put_status(&self, cluster: ClusterId, bundle: &BundleId, s: &ReportedStatus) -> Result<()> {
+        put(&self.status, &status_key(cluster, bundle), s)
+    }
+    pub fn delete_status(&self, cluster: ClusterId, bundle: &BundleId) -> Result<()> {
+        self.status.remove(status_key(cluster, bundle))?;
+        Ok(())
+    }
+    /// Every stored status, with the deployment it belongs to.
+    pub fn statuses(&self) -> Result<Vec<(ClusterId, BundleId, ReportedStatus)>> {
+        let mut out = Vec::new();
+        for item in self.status.iter() {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let Some((c, b)) = key.split_once('\0') else { continue };
+            let Ok(cluster) = c.parse() else { continue };
+            out.push((ClusterId(cluster), BundleId(b.to_string()), decode(STATUS, &k, &v)?));
+        }
+        Ok(out)
+    }
+}
+
+fn status_key(cluster: ClusterId, bundle: &BundleId) -> Vec<u8> {
+    format!("{cluster}\0{bundle}").into_bytes()
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<()> {
+    tree.insert(key, serde_json::to_vec(value).expect("model types serialize"))?;
+    Ok(())
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>> {
+    tree.get(key)?.map(|v| decode(name, key, &v)).transpose()
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
+    tree.iter().map(|item| {
+        let (k, v) = item?;
+        decode(name, &k, &v)
+    }).collect()
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;
