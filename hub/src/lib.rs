@@ -8,3 +8,5 @@ pub mod bundle;
 pub mod model;
 pub mod pki;
 pub mod store;
+pub mod source;
+pub mod fleet;

@@ -210,6 +210,8 @@ pub struct ObjectStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportedStatus {
     pub content_hash: ContentHash,
+    /// The commit of the content the agent reports about.
+    pub revision: String,
     pub state: DeploymentState,
     pub message: String,
     pub objects: Vec<ObjectStatus>,

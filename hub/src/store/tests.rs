@@ -34,6 +34,7 @@ fn records_survive_reopen() {
         store.put_cluster(&cluster).unwrap();
         let status = ReportedStatus {
             content_hash: ContentHash("abc".into()),
+            revision: "r1".into(),
             state: DeploymentState::Ready,
             message: String::new(),
             objects: vec![],

@@ -1,0 +1,122 @@
+//! Git access with gix: incremental fetch of one branch into a bare mirror, and reading the
+//! files of bundle directories at a commit.
+//!
+//! gix's network client is blocking: callers run these functions on `spawn_blocking`.
+//! Each GitRepo has its own bare repository under `<data-dir>/git/<name>.git`, so a fetch
+//! after the first only transfers new objects.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use gix::remote::Direction;
+
+use crate::bundle::BundleFile;
+
+/// Why Git could not give us what we asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot open the local mirror at {path}: {message}; delete it to re-clone")]
+    Mirror { path: String, message: String },
+    #[error("fetching {url} failed: {message}; check the URL and that the hub can reach it")]
+    Fetch { url: String, message: String },
+    #[error("branch `{branch}` does not exist in {url}; check the GitRepo's branch")]
+    NoBranch { url: String, branch: String },
+    #[error("reading commit {commit} failed: {message}")]
+    Read { commit: String, message: String },
+    #[error("path `{path}` does not exist at commit {commit}; check the GitRepo's paths")]
+    NoPath { path: String, commit: String },
+}
+
+/// A bundle directory read at a commit.
+#[derive(Debug)]
+pub struct BundleTree {
+    /// The path as configured (empty for the repository root).
+    pub path: String,
+    /// The directory's tree id: unchanged content has an unchanged id.
+    pub tree_id: String,
+    pub files: Vec<BundleFile>,
+}
+
+/// Fetch `branch` from `url` into the bare mirror at `mirror` and return its head commit.
+pub fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError> {
+    let mirror_err = |e: &dyn std::fmt::Display| GitError::Mirror {
+        path: mirror.display().to_string(),
+        message: e.to_string(),
+    };
+    let repo = if mirror.join("HEAD").exists() {
+        gix::open(mirror).map_err(|e| mirror_err(&e))?
+    } else {
+        std::fs::create_dir_all(mirror).map_err(|e| mirror_err(&e))?;
+        gix::init_bare(mirror).map_err(|e| mirror_err(&e))?
+    };
+    let tracking = format!("refs/remotes/origin/{branch}");
+    let refspec = format!("+refs/heads/{branch}:{tracking}");
+    let fetch_err = |e: &dyn std::fmt::Display| GitError::Fetch { url: url.to_string(), message: e.to_string() };
+    let remote = repo
+        .remote_at(url)
+        .map_err(|e| fetch_err(&e))?
+        .with_refspecs([refspec.as_str()], Direction::Fetch)
+        .map_err(|e| fetch_err(&e))?;
+    let interrupt = AtomicBool::new(false);
+    remote
+        .connect(Direction::Fetch)
+        .map_err(|e| fetch_err(&e))?
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| fetch_err(&e))?
+        .receive(gix::progress::Discard, &interrupt)
+        .map_err(|e| fetch_err(&e))?;
+    let mut reference = match repo.try_find_reference(tracking.as_str()) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(GitError::NoBranch { url: url.to_string(), branch: branch.to_string() }),
+        Err(e) => return Err(mirror_err(&e)),
+    };
+    let id = reference.peel_to_id().map_err(|e| mirror_err(&e))?;
+    Ok(id.to_string())
+}
+
+/// Read the files under each of `paths` at `commit` (recursively, in path order).
+pub fn read_bundles(mirror: &Path, commit: &str, paths: &[String]) -> Result<Vec<BundleTree>, GitError> {
+    let read_err = |e: &dyn std::fmt::Display| GitError::Read { commit: commit.to_string(), message: e.to_string() };
+    let repo = gix::open(mirror).map_err(|e| read_err(&e))?;
+    let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| read_err(&e))?;
+    let root = repo.find_commit(id).map_err(|e| read_err(&e))?.tree().map_err(|e| read_err(&e))?;
+    let mut out = Vec::new();
+    let root_only = [String::new()];
+    let paths = if paths.is_empty() { &root_only[..] } else { paths };
+    for path in paths {
+        let tree = if path.is_empty() {
+            root.clone()
+        } else {
+            let entry = root
+                .lookup_entry_by_path(path)
+                .map_err(|e| read_err(&e))?
+                .ok_or_else(|| GitError::NoPath { path: path.clone(), commit: commit.to_string() })?;
+            if !entry.mode().is_tree() {
+                return Err(GitError::NoPath { path: path.clone(), commit: commit.to_string() });
+            }
+            entry.object().map_err(|e| read_err(&e))?.into_tree()
+        };
+        let mut files = Vec::new();
+        collect_files(&tree, path, &mut files).map_err(|e| read_err(&e))?;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        out.push(BundleTree { path: path.clone(), tree_id: tree.id.to_string(), files });
+    }
+    Ok(out)
+}
+
+fn collect_files(tree: &gix::Tree<'_>, prefix: &str, out: &mut Vec<BundleFile>) -> Result<(), gix::Error> {
+    for entry in tree.iter() {
+        let entry = entry?;
+        let name = entry.filename().to_string();
+        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let mode = entry.mode();
+        if mode.is_tree() {
+            let sub = entry.object()?.into_tree();
+            collect_files(&sub, &path, out)?;
+        } else if mode.is_blob() && crate::bundle::is_manifest_file(&path) {
+            let data = entry.object()?.detach().data;
+            out.push(BundleFile { path, data });
+        }
+    }
+    Ok(())
+}
