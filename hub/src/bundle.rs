@@ -63,7 +63,11 @@ pub fn is_manifest_file(path: &str) -> bool {
 }
 
 /// Build a bundle from its files at `revision`. Files that are not manifests are ignored.
-pub fn build(revision: &str, default_namespace: &str, files: &[BundleFile]) -> Result<BuiltBundle, BundleError> {
+pub fn build(
+    revision: &str,
+    default_namespace: &str,
+    files: &[BundleFile],
+) -> Result<BuiltBundle, BundleError> {
     let mut files: Vec<&BundleFile> = files.iter().filter(|f| is_manifest_file(&f.path)).collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut refs = Vec::new();
@@ -72,7 +76,10 @@ pub fn build(revision: &str, default_namespace: &str, files: &[BundleFile]) -> R
         for (index, object) in parse_file(file)?.into_iter().enumerate() {
             let json = serde_json::to_vec(&object).expect("JSON values serialize");
             let hash = ContentHash::of(&json);
-            refs.push(ManifestRef { hash: hash.clone(), source: format!("{}#{}", file.path, index + 1) });
+            refs.push(ManifestRef {
+                hash: hash.clone(),
+                source: format!("{}#{}", file.path, index + 1),
+            });
             manifests.push(BuiltManifest { hash, json });
         }
     }
@@ -103,11 +110,17 @@ fn content_hash(default_namespace: &str, refs: &[ManifestRef]) -> ContentHash {
 
 /// Parse one file into Kubernetes objects, checking each looks like one.
 fn parse_file(file: &BundleFile) -> Result<Vec<Value>, BundleError> {
-    let err = |line: Option<usize>, message: String| BundleError { file: file.path.clone(), line, message };
-    let text = std::str::from_utf8(&file.data).map_err(|e| err(None, format!("not UTF-8 text: {e}")))?;
+    let err = |line: Option<usize>, message: String| BundleError {
+        file: file.path.clone(),
+        line,
+        message,
+    };
+    let text =
+        std::str::from_utf8(&file.data).map_err(|e| err(None, format!("not UTF-8 text: {e}")))?;
     let mut objects = Vec::new();
     if file.path.ends_with(".json") {
-        let value: Value = serde_json::from_str(text).map_err(|e| err(Some(e.line()), e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| err(Some(e.line()), e.to_string()))?;
         push_object(value, &mut objects).map_err(|m| err(Some(1), m))?;
         return Ok(objects);
     }
@@ -117,7 +130,10 @@ fn parse_file(file: &BundleFile) -> Result<Vec<Value>, BundleError> {
         }
         let value: Value = serde_saphyr::from_str(doc.text).map_err(|e| {
             let msg = e.to_string();
-            err(Some(doc.first_line), format!("invalid YAML in the document starting here: {msg}"))
+            err(
+                Some(doc.first_line),
+                format!("invalid YAML in the document starting here: {msg}"),
+            )
         })?;
         push_object(value, &mut objects).map_err(|m| err(Some(doc.first_line), m))?;
     }
@@ -128,7 +144,13 @@ fn parse_file(file: &BundleFile) -> Result<Vec<Value>, BundleError> {
 fn push_object(value: Value, out: &mut Vec<Value>) -> Result<(), String> {
     match value {
         Value::Null => Ok(()),
-        Value::Object(ref map) if map.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) && map.get("items").is_some() => {
+        Value::Object(ref map)
+            if map
+                .get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.ends_with("List"))
+                && map.get("items").is_some() =>
+        {
             let Some(Value::Array(items)) = map.get("items") else {
                 return Err("`items` of a List must be a sequence".into());
             };
@@ -139,18 +161,30 @@ fn push_object(value: Value, out: &mut Vec<Value>) -> Result<(), String> {
         }
         Value::Object(ref map) => {
             for field in ["apiVersion", "kind"] {
-                if !map.get(field).and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
-                    return Err(format!("a Kubernetes object needs a non-empty string `{field}`"));
+                if !map
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+                {
+                    return Err(format!(
+                        "a Kubernetes object needs a non-empty string `{field}`"
+                    ));
                 }
             }
-            let name = map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
+            let name = map
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str);
             if !name.is_some_and(|n| !n.is_empty()) {
                 return Err("a Kubernetes object needs `metadata.name` (generateName is not supported: objects must be addressable to be updated and pruned)".into());
             }
             out.push(value);
             Ok(())
         }
-        other => Err(format!("a document must be a mapping (a Kubernetes object), found {}", kind_of(&other))),
+        other => Err(format!(
+            "a document must be a mapping (a Kubernetes object), found {}",
+            kind_of(&other)
+        )),
     }
 }
 
@@ -179,16 +213,24 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let bare = line.trim_end_matches(['\n', '\r']);
-        let is_marker = |m: &str| bare == m || bare.starts_with(&format!("{m} ")) || bare.starts_with(&format!("{m}\t"));
+        let is_marker = |m: &str| {
+            bare == m || bare.starts_with(&format!("{m} ")) || bare.starts_with(&format!("{m}\t"))
+        };
         if is_marker("---") || is_marker("...") {
-            docs.push(Document { text: &text[start..offset], first_line: start_line });
+            docs.push(Document {
+                text: &text[start..offset],
+                first_line: start_line,
+            });
             // Content after `--- ` on the same line belongs to the next document.
             start = offset + if is_marker("---") { 3 } else { line.len() };
             start_line = i + 1 + usize::from(!is_marker("---"));
         }
         offset += line.len();
     }
-    docs.push(Document { text: &text[start..], first_line: start_line });
+    docs.push(Document {
+        text: &text[start..],
+        first_line: start_line,
+    });
     docs
 }
 

@@ -20,8 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    unix_now, Bundle, BundleContent, BundleId, Cluster, ClusterId, DeploymentState,
-    ReportedStatus,
+    Bundle, BundleContent, BundleId, Cluster, ClusterId, DeploymentState, ReportedStatus, unix_now,
 };
 use crate::store::{Store, StoreError};
 
@@ -115,7 +114,10 @@ impl Fleet {
         for (cluster, bundle, s) in store.statuses()? {
             st.status.insert((cluster, bundle), s);
         }
-        Ok(Arc::new(Self { state: RwLock::new(st), store }))
+        Ok(Arc::new(Self {
+            state: RwLock::new(st),
+            store,
+        }))
     }
 
     /// The store behind the index.
@@ -141,10 +143,17 @@ impl Fleet {
     }
 
     /// Update what an agent says about its cluster (versions); stored only when it changed.
-    pub fn update_cluster_info(&self, id: ClusterId, agent_version: &str, kubernetes_version: &str) -> Result<(), StoreError> {
+    pub fn update_cluster_info(
+        &self,
+        id: ClusterId,
+        agent_version: &str,
+        kubernetes_version: &str,
+    ) -> Result<(), StoreError> {
         let updated = {
             let mut st = self.write();
-            let Some(entry) = st.clusters.get_mut(&id) else { return Ok(()) };
+            let Some(entry) = st.clusters.get_mut(&id) else {
+                return Ok(());
+            };
             let c = &mut entry.cluster;
             if c.agent_version == agent_version && c.kubernetes_version == kubernetes_version {
                 return Ok(());
@@ -166,8 +175,17 @@ impl Fleet {
         if let Some((_, old)) = entry.session.replace((id, token.clone())) {
             old.cancel();
         }
-        entry.presence = Presence { connected: true, last_seen: unix_now() };
-        Some(Session { fleet: self.clone(), cluster, id, cancelled: token, changed: entry.changed.clone() })
+        entry.presence = Presence {
+            connected: true,
+            last_seen: unix_now(),
+        };
+        Some(Session {
+            fleet: self.clone(),
+            cluster,
+            id,
+            cancelled: token,
+            changed: entry.changed.clone(),
+        })
     }
 
     /// Note that the agent of `cluster` was heard from. Memory only.
@@ -190,8 +208,16 @@ impl Fleet {
     /// its newest commit). Only bundles whose content changed reach the clusters.
     pub fn set_repo_bundles(&self, repo: &str, bundles: Vec<Bundle>) -> Result<(), StoreError> {
         let mut st = self.write();
-        let old: Vec<BundleId> = st.bundles.values().filter(|b| b.repo == repo).map(|b| b.id.clone()).collect();
-        for id in old.iter().filter(|id| !bundles.iter().any(|b| &b.id == *id)) {
+        let old: Vec<BundleId> = st
+            .bundles
+            .values()
+            .filter(|b| b.repo == repo)
+            .map(|b| b.id.clone())
+            .collect();
+        for id in old
+            .iter()
+            .filter(|id| !bundles.iter().any(|b| &b.id == *id))
+        {
             self.store.delete_bundle(id)?;
             st.bundles.remove(id);
             retarget(&mut st, &self.store, id, None)?;
@@ -225,9 +251,17 @@ impl Fleet {
 
     /// Record a status an agent reported for one of its own deployments. Reports about
     /// bundles the cluster is not meant to run are refused (returns false).
-    pub fn record_status(&self, cluster: ClusterId, bundle: &BundleId, status: ReportedStatus) -> Result<bool, StoreError> {
+    pub fn record_status(
+        &self,
+        cluster: ClusterId,
+        bundle: &BundleId,
+        status: ReportedStatus,
+    ) -> Result<bool, StoreError> {
         let mut st = self.write();
-        let owned = st.desired.get(&cluster).is_some_and(|d| d.contains_key(bundle));
+        let owned = st
+            .desired
+            .get(&cluster)
+            .is_some_and(|d| d.contains_key(bundle));
         if !owned {
             return Ok(false);
         }
@@ -246,7 +280,10 @@ impl Fleet {
         let mut out: Vec<_> = st
             .clusters
             .values()
-            .map(|e| ClusterView { cluster: e.cluster.clone(), presence: e.presence.clone() })
+            .map(|e| ClusterView {
+                cluster: e.cluster.clone(),
+                presence: e.presence.clone(),
+            })
             .collect();
         out.sort_by(|a, b| a.cluster.name.cmp(&b.cluster.name));
         out
@@ -257,7 +294,9 @@ impl Fleet {
         let st = self.read();
         let mut out = Vec::new();
         for (cluster, desired) in &st.desired {
-            let Some(entry) = st.clusters.get(cluster) else { continue };
+            let Some(entry) = st.clusters.get(cluster) else {
+                continue;
+            };
             for (bundle, content) in desired {
                 let reported = st.status.get(&(*cluster, bundle.clone())).cloned();
                 out.push(view(entry, bundle, content, reported));
@@ -292,11 +331,24 @@ fn insert_cluster(st: &mut State, cluster: Cluster) {
     st.desired.insert(cluster.id, desired);
     let changed = Arc::new(Notify::new());
     changed.notify_one();
-    st.clusters.insert(cluster.id, ClusterEntry { cluster, presence: Presence::default(), changed, session: None });
+    st.clusters.insert(
+        cluster.id,
+        ClusterEntry {
+            cluster,
+            presence: Presence::default(),
+            changed,
+            session: None,
+        },
+    );
 }
 
 /// Point every targeted cluster at `content` for bundle `id` (None: the bundle is gone).
-fn retarget(st: &mut State, store: &Store, id: &BundleId, content: Option<Arc<BundleContent>>) -> Result<(), StoreError> {
+fn retarget(
+    st: &mut State,
+    store: &Store,
+    id: &BundleId,
+    content: Option<Arc<BundleContent>>,
+) -> Result<(), StoreError> {
     let bundle = st.bundles.get(id).cloned();
     for (cluster_id, entry) in &st.clusters {
         let desired = st.desired.entry(*cluster_id).or_default();
@@ -320,16 +372,32 @@ fn retarget(st: &mut State, store: &Store, id: &BundleId, content: Option<Arc<Bu
 }
 
 fn same_report(a: &ReportedStatus, b: &ReportedStatus) -> bool {
-    a.content_hash == b.content_hash && a.revision == b.revision && a.state == b.state && a.message == b.message && a.objects == b.objects
+    a.content_hash == b.content_hash
+        && a.revision == b.revision
+        && a.state == b.state
+        && a.message == b.message
+        && a.objects == b.objects
 }
 
-fn view(entry: &ClusterEntry, bundle: &BundleId, content: &BundleContent, reported: Option<ReportedStatus>) -> DeploymentView {
+fn view(
+    entry: &ClusterEntry,
+    bundle: &BundleId,
+    content: &BundleContent,
+    reported: Option<ReportedStatus>,
+) -> DeploymentView {
     let (state, message) = match &reported {
-        None => (DeploymentState::Pending, "waiting for the agent to receive it".to_string()),
+        None => (
+            DeploymentState::Pending,
+            "waiting for the agent to receive it".to_string(),
+        ),
         Some(r) if r.content_hash == content.content_hash => (r.state, r.message.clone()),
         Some(r) => (
             DeploymentState::OutOfSync,
-            format!("the agent runs revision {}; revision {} is on its way", short(&r.revision), short(&content.revision)),
+            format!(
+                "the agent runs revision {}; revision {} is on its way",
+                short(&r.revision),
+                short(&content.revision)
+            ),
         ),
     };
     DeploymentView {

@@ -5,8 +5,15 @@
 //! `grpc` is the only place that sees protobuf, `store` the only place that sees sled.
 
 pub mod bundle;
+pub mod cli;
+pub mod config;
+pub mod fleet;
+pub mod grpc;
+mod hub;
 pub mod model;
 pub mod pki;
-pub mod store;
 pub mod source;
-pub mod fleet;
+pub mod store;
+
+pub use config::HubConfig;
+pub use hub::{AdminCredential, Hub, HubError};

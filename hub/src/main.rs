@@ -1,1 +1,49 @@
-fn main() {}
+//! `flotilla`: the hub server (`flotilla serve`) and its admin CLI.
+
+use clap::Parser;
+use flotilla_hub::cli::{Cli, Command, LogFormat, execute};
+use flotilla_hub::{Hub, HubConfig};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command else {
+        let out = execute(cli).await?;
+        print!("{out}");
+        return Ok(());
+    };
+    init_tracing(args.log_format);
+    let mut config = HubConfig::new(args.data_dir);
+    config.listen = args.listen;
+    config.server_names = args.server_names;
+    config.default_poll_interval = args.poll_interval;
+    config.client_cert_ttl = args.client_cert_ttl;
+    let hub = Hub::bind(config).await?;
+    eprintln!(
+        "flotilla hub listening on {}; admin credential: {}",
+        hub.local_addr(),
+        hub.admin_credential_path().display()
+    );
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    hub.run(shutdown).await?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -94,7 +94,11 @@ pub struct BundleId(pub String);
 impl BundleId {
     /// The id of the bundle at `path` in Git repository `repo`.
     pub fn new(repo: &str, path: &str) -> Self {
-        if path.is_empty() { Self(repo.to_string()) } else { Self(format!("{repo}/{path}")) }
+        if path.is_empty() {
+            Self(repo.to_string())
+        } else {
+            Self(format!("{repo}/{path}"))
+        }
     }
 }
 
@@ -231,7 +235,9 @@ pub fn unix_now() -> i64 {
 pub fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }

@@ -22,7 +22,10 @@ use crate::model::ClusterId;
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("cannot read or write {path}: {source}; check the data directory's permissions")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate operation failed: {0}")]
     Cert(#[from] rcgen::Error),
     #[error("the certificate signing request is not valid PEM PKCS#10 with a valid signature")]
@@ -53,7 +56,10 @@ impl Pki {
     /// Load the CA and serving certificate from `dir`, creating what is missing. The serving
     /// certificate is re-issued when `server_names` changed or it expires within 30 days.
     pub fn load_or_create(dir: &Path, server_names: &[String]) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let (ca_pem, ca_key) = match (read(&dir.join("ca.crt"))?, read(&dir.join("ca.key"))?) {
             (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key)?),
             _ => {
@@ -63,7 +69,8 @@ impl Pki {
                 params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
                 params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
                 params.not_before = OffsetDateTime::now_utc() - Duration::from_secs(300);
-                params.not_after = OffsetDateTime::now_utc() + Duration::from_secs(10 * 365 * 86400);
+                params.not_after =
+                    OffsetDateTime::now_utc() + Duration::from_secs(10 * 365 * 86400);
                 let cert = params.self_signed(&key)?;
                 write_private(&dir.join("ca.key"), &key.serialize_pem())?;
                 write_private(&dir.join("ca.crt"), &cert.pem())?;
@@ -71,8 +78,10 @@ impl Pki {
             }
         };
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-        let mut names: Vec<String> =
-            ["localhost", "127.0.0.1", "::1"].iter().map(|s| s.to_string()).collect();
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         names.extend(server_names.iter().cloned());
         names.dedup();
         let names_file = names.join("\n");
@@ -82,7 +91,9 @@ impl Pki {
             read(&dir.join("server.names"))?,
         );
         let (server_cert_pem, server_key_pem) = match current {
-            (Some(cert), Some(key), Some(n)) if n == names_file && !expires_soon(&cert) => (cert, key),
+            (Some(cert), Some(key), Some(n)) if n == names_file && !expires_soon(&cert) => {
+                (cert, key)
+            }
             _ => {
                 let key = KeyPair::generate()?;
                 let mut params = CertificateParams::new(names.clone())?;
@@ -97,7 +108,12 @@ impl Pki {
                 (cert.pem(), key.serialize_pem())
             }
         };
-        Ok(Self { ca_pem, issuer, server_cert_pem, server_key_pem })
+        Ok(Self {
+            ca_pem,
+            issuer,
+            server_cert_pem,
+            server_key_pem,
+        })
     }
 
     /// The CA certificate agents and the CLI must trust, PEM.
@@ -112,8 +128,15 @@ impl Pki {
 
     /// Sign a cluster's CSR. Only the CSR's public key is used: subject, SANs and usages are
     /// the hub's choice, so a CSR cannot ask for another identity.
-    pub fn sign_cluster_csr(&self, csr_pem: &str, id: ClusterId, name: &str, ttl: Duration) -> Result<String> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::BadCsr)?;
+    pub fn sign_cluster_csr(
+        &self,
+        csr_pem: &str,
+        id: ClusterId,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::BadCsr)?;
         let params = client_params(&format!("{CLUSTER_URI}{id}"), name, ttl)?;
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
     }
@@ -122,7 +145,10 @@ impl Pki {
     pub fn issue_admin(&self, name: &str, ttl: Duration) -> Result<(String, String)> {
         let key = KeyPair::generate()?;
         let params = client_params(&format!("{ADMIN_URI}{name}"), name, ttl)?;
-        Ok((params.signed_by(&key, &self.issuer)?.pem(), key.serialize_pem()))
+        Ok((
+            params.signed_by(&key, &self.issuer)?.pem(),
+            key.serialize_pem(),
+        ))
     }
 }
 
@@ -146,7 +172,8 @@ pub fn peer_identity(cert_der: &[u8]) -> Option<PeerIdentity> {
             if let Some(id) = uri.strip_prefix(CLUSTER_URI) {
                 id.parse().ok().map(|u| PeerIdentity::Cluster(ClusterId(u)))
             } else {
-                uri.strip_prefix(ADMIN_URI).map(|n| PeerIdentity::Admin(n.to_string()))
+                uri.strip_prefix(ADMIN_URI)
+                    .map(|n| PeerIdentity::Admin(n.to_string()))
             }
         }
         _ => None,
@@ -160,8 +187,12 @@ fn dn(cn: &str) -> rcgen::DistinguishedName {
 }
 
 fn expires_soon(cert_pem: &str) -> bool {
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return true };
-    let Ok(cert) = pem.parse_x509() else { return true };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return true;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return true;
+    };
     let left = cert.validity().not_after.timestamp() - OffsetDateTime::now_utc().unix_timestamp();
     left < 30 * 86400
 }
@@ -170,14 +201,20 @@ fn read(path: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { path: path.into(), source }),
+        Err(source) => Err(PkiError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
 /// Write `contents` to `path` atomically with mode 0600.
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -203,12 +240,19 @@ mod tests {
         assert_eq!(a.ca_pem(), b.ca_pem());
         assert_eq!(a.server_identity(), b.server_identity());
         for f in ["ca.key", "server.key"] {
-            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let c = Pki::load_or_create(dir.path(), &["hub.example".into()]).unwrap();
         assert_eq!(a.ca_pem(), c.ca_pem());
-        assert_ne!(a.server_identity().0, c.server_identity().0, "new names re-issue the serving cert");
+        assert_ne!(
+            a.server_identity().0,
+            c.server_identity().0,
+            "new names re-issue the serving cert"
+        );
     }
 
     #[test]
@@ -217,12 +261,21 @@ mod tests {
         let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
         let key = KeyPair::generate().unwrap();
         let mut req = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
-        req.subject_alt_names.push(SanType::URI("flotilla://admin/root".try_into().unwrap()));
+        req.subject_alt_names
+            .push(SanType::URI("flotilla://admin/root".try_into().unwrap()));
         let csr = req.serialize_request(&key).unwrap().pem().unwrap();
         let id = ClusterId::new();
-        let pem = pki.sign_cluster_csr(&csr, id, "east", Duration::from_secs(60)).unwrap();
+        let pem = pki
+            .sign_cluster_csr(&csr, id, "east", Duration::from_secs(60))
+            .unwrap();
         let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
-        assert_eq!(peer_identity(&parsed.contents), Some(PeerIdentity::Cluster(id)));
-        assert!(matches!(pki.sign_cluster_csr("junk", id, "x", Duration::from_secs(1)), Err(PkiError::BadCsr)));
+        assert_eq!(
+            peer_identity(&parsed.contents),
+            Some(PeerIdentity::Cluster(id))
+        );
+        assert!(matches!(
+            pki.sign_cluster_csr("junk", id, "x", Duration::from_secs(1)),
+            Err(PkiError::BadCsr)
+        ));
     }
 }

@@ -3,7 +3,10 @@
 use super::*;
 
 fn file(path: &str, data: &str) -> BundleFile {
-    BundleFile { path: path.into(), data: data.as_bytes().to_vec() }
+    BundleFile {
+        path: path.into(),
+        data: data.as_bytes().to_vec(),
+    }
 }
 
 const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: v\n";
@@ -11,13 +14,24 @@ const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n
 #[test]
 fn multi_document_files_in_path_order() {
     let files = [
-        file("app/b.yaml", &format!("{CM}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\n---\n")),
-        file("app/a.json", r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#),
+        file(
+            "app/b.yaml",
+            &format!("{CM}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\n---\n"),
+        ),
+        file(
+            "app/a.json",
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
+        ),
         file("app/README.md", "not a manifest"),
         file("app/fleet.yaml", "defaultNamespace: x"),
     ];
     let built = build("c0ffee", "default", &files).unwrap();
-    let sources: Vec<_> = built.content.manifests.iter().map(|m| m.source.as_str()).collect();
+    let sources: Vec<_> = built
+        .content
+        .manifests
+        .iter()
+        .map(|m| m.source.as_str())
+        .collect();
     assert_eq!(sources, ["app/a.json#1", "app/b.yaml#1", "app/b.yaml#2"]);
     assert_eq!(built.manifests.len(), 3);
     assert_eq!(built.content.revision, "c0ffee");
@@ -28,7 +42,12 @@ fn content_hash_ignores_revision_but_not_content() {
     let a = build("r1", "default", &[file("a.yaml", CM)]).unwrap();
     let b = build("r2", "default", &[file("a.yaml", CM)]).unwrap();
     assert_eq!(a.content.content_hash, b.content.content_hash);
-    let c = build("r2", "default", &[file("a.yaml", &CM.replace("k: v", "k: w"))]).unwrap();
+    let c = build(
+        "r2",
+        "default",
+        &[file("a.yaml", &CM.replace("k: v", "k: w"))],
+    )
+    .unwrap();
     assert_ne!(a.content.content_hash, c.content.content_hash);
     let d = build("r2", "other", &[file("a.yaml", CM)]).unwrap();
     assert_ne!(a.content.content_hash, d.content.content_hash);
@@ -65,5 +84,8 @@ fn lists_are_expanded_and_empty_documents_skipped() {
 #[test]
 fn identical_objects_share_one_hash() {
     let built = build("r", "default", &[file("a.yaml", CM), file("b.yaml", CM)]).unwrap();
-    assert_eq!(built.content.manifests[0].hash, built.content.manifests[1].hash);
+    assert_eq!(
+        built.content.manifests[0].hash,
+        built.content.manifests[1].hash
+    );
 }

@@ -28,7 +28,10 @@ fn bundle(repo: &str, path: &str, rev: &str, body: &str) -> Bundle {
             content_hash: hash.clone(),
             revision: rev.into(),
             default_namespace: "default".into(),
-            manifests: vec![ManifestRef { hash, source: format!("{path}/a.yaml#1") }],
+            manifests: vec![ManifestRef {
+                hash,
+                source: format!("{path}/a.yaml#1"),
+            }],
         })),
         error: None,
     }
@@ -59,12 +62,14 @@ async fn a_new_revision_reaches_connected_clusters_and_only_changes_notify() {
     let session = f.connect(east.id).unwrap();
     session.changed.notified().await; // the initial sync
 
-    f.set_repo_bundles("r", vec![bundle("r", "app", "c1", "v1")]).unwrap();
+    f.set_repo_bundles("r", vec![bundle("r", "app", "c1", "v1")])
+        .unwrap();
     session.changed.notified().await;
     assert_eq!(f.desired(east.id)[0].1.revision, "c1");
 
     // The same content at a new commit is not a change for the clusters.
-    f.set_repo_bundles("r", vec![bundle("r", "app", "c2", "v1")]).unwrap();
+    f.set_repo_bundles("r", vec![bundle("r", "app", "c2", "v1")])
+        .unwrap();
     assert_eq!(f.desired(east.id)[0].1.revision, "c1");
 
     f.set_repo_bundles("r", vec![]).unwrap();
@@ -82,16 +87,31 @@ fn states_come_from_reports_for_the_desired_content() {
     f.set_repo_bundles("r", vec![b1]).unwrap();
     assert_eq!(f.deployments()[0].state, DeploymentState::Pending);
 
-    assert!(f.record_status(east.id, &BundleId::new("r", "app"), report(&c1, DeploymentState::Ready)).unwrap());
+    assert!(
+        f.record_status(
+            east.id,
+            &BundleId::new("r", "app"),
+            report(&c1, DeploymentState::Ready)
+        )
+        .unwrap()
+    );
     assert_eq!(f.deployments()[0].state, DeploymentState::Ready);
 
-    f.set_repo_bundles("r", vec![bundle("r", "app", "c2", "v2")]).unwrap();
+    f.set_repo_bundles("r", vec![bundle("r", "app", "c2", "v2")])
+        .unwrap();
     let row = &f.deployments()[0];
     assert_eq!(row.state, DeploymentState::OutOfSync);
     assert!(row.message.contains("c1"), "{}", row.message);
 
     // A report about a bundle this cluster does not run is refused.
-    assert!(!f.record_status(east.id, &BundleId::new("r", "other"), report(&c1, DeploymentState::Ready)).unwrap());
+    assert!(
+        !f.record_status(
+            east.id,
+            &BundleId::new("r", "other"),
+            report(&c1, DeploymentState::Ready)
+        )
+        .unwrap()
+    );
 }
 
 #[test]
@@ -104,7 +124,12 @@ fn everything_survives_a_reload() {
         let b = bundle("r", "app", "c1", "v1");
         let c = b.content.clone().unwrap();
         f.set_repo_bundles("r", vec![b]).unwrap();
-        f.record_status(east.id, &BundleId::new("r", "app"), report(&c, DeploymentState::Ready)).unwrap();
+        f.record_status(
+            east.id,
+            &BundleId::new("r", "app"),
+            report(&c, DeploymentState::Ready),
+        )
+        .unwrap();
     }
     let f = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
     assert_eq!(f.cluster_by_name("east"), Some(east.id));
@@ -120,7 +145,10 @@ fn a_newer_stream_cancels_the_older_and_presence_follows_the_newest() {
     let second = f.connect(east.id).unwrap();
     assert!(first.cancelled.is_cancelled());
     drop(first);
-    assert!(f.clusters()[0].presence.connected, "the newer stream still holds the cluster");
+    assert!(
+        f.clusters()[0].presence.connected,
+        "the newer stream still holds the cluster"
+    );
     drop(second);
     assert!(!f.clusters()[0].presence.connected);
 }

@@ -51,7 +51,10 @@ pub fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError>
     };
     let tracking = format!("refs/remotes/origin/{branch}");
     let refspec = format!("+refs/heads/{branch}:{tracking}");
-    let fetch_err = |e: &dyn std::fmt::Display| GitError::Fetch { url: url.to_string(), message: e.to_string() };
+    let fetch_err = |e: &dyn std::fmt::Display| GitError::Fetch {
+        url: url.to_string(),
+        message: e.to_string(),
+    };
     let remote = repo
         .remote_at(url)
         .map_err(|e| fetch_err(&e))?
@@ -67,7 +70,12 @@ pub fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError>
         .map_err(|e| fetch_err(&e))?;
     let mut reference = match repo.try_find_reference(tracking.as_str()) {
         Ok(Some(r)) => r,
-        Ok(None) => return Err(GitError::NoBranch { url: url.to_string(), branch: branch.to_string() }),
+        Ok(None) => {
+            return Err(GitError::NoBranch {
+                url: url.to_string(),
+                branch: branch.to_string(),
+            });
+        }
         Err(e) => return Err(mirror_err(&e)),
     };
     let id = reference.peel_to_id().map_err(|e| mirror_err(&e))?;
@@ -75,14 +83,29 @@ pub fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError>
 }
 
 /// Read the files under each of `paths` at `commit` (recursively, in path order).
-pub fn read_bundles(mirror: &Path, commit: &str, paths: &[String]) -> Result<Vec<BundleTree>, GitError> {
-    let read_err = |e: &dyn std::fmt::Display| GitError::Read { commit: commit.to_string(), message: e.to_string() };
+pub fn read_bundles(
+    mirror: &Path,
+    commit: &str,
+    paths: &[String],
+) -> Result<Vec<BundleTree>, GitError> {
+    let read_err = |e: &dyn std::fmt::Display| GitError::Read {
+        commit: commit.to_string(),
+        message: e.to_string(),
+    };
     let repo = gix::open(mirror).map_err(|e| read_err(&e))?;
     let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| read_err(&e))?;
-    let root = repo.find_commit(id).map_err(|e| read_err(&e))?.tree().map_err(|e| read_err(&e))?;
+    let root = repo
+        .find_commit(id)
+        .map_err(|e| read_err(&e))?
+        .tree()
+        .map_err(|e| read_err(&e))?;
     let mut out = Vec::new();
     let root_only = [String::new()];
-    let paths = if paths.is_empty() { &root_only[..] } else { paths };
+    let paths = if paths.is_empty() {
+        &root_only[..]
+    } else {
+        paths
+    };
     for path in paths {
         let tree = if path.is_empty() {
             root.clone()
@@ -90,25 +113,43 @@ pub fn read_bundles(mirror: &Path, commit: &str, paths: &[String]) -> Result<Vec
             let entry = root
                 .lookup_entry_by_path(path)
                 .map_err(|e| read_err(&e))?
-                .ok_or_else(|| GitError::NoPath { path: path.clone(), commit: commit.to_string() })?;
+                .ok_or_else(|| GitError::NoPath {
+                    path: path.clone(),
+                    commit: commit.to_string(),
+                })?;
             if !entry.mode().is_tree() {
-                return Err(GitError::NoPath { path: path.clone(), commit: commit.to_string() });
+                return Err(GitError::NoPath {
+                    path: path.clone(),
+                    commit: commit.to_string(),
+                });
             }
             entry.object().map_err(|e| read_err(&e))?.into_tree()
         };
         let mut files = Vec::new();
         collect_files(&tree, path, &mut files).map_err(|e| read_err(&e))?;
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        out.push(BundleTree { path: path.clone(), tree_id: tree.id.to_string(), files });
+        out.push(BundleTree {
+            path: path.clone(),
+            tree_id: tree.id.to_string(),
+            files,
+        });
     }
     Ok(out)
 }
 
-fn collect_files(tree: &gix::Tree<'_>, prefix: &str, out: &mut Vec<BundleFile>) -> Result<(), gix::Error> {
+fn collect_files(
+    tree: &gix::Tree<'_>,
+    prefix: &str,
+    out: &mut Vec<BundleFile>,
+) -> Result<(), gix::Error> {
     for entry in tree.iter() {
         let entry = entry?;
         let name = entry.filename().to_string();
-        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let mode = entry.mode();
         if mode.is_tree() {
             let sub = entry.object()?.into_tree();

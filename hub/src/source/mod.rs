@@ -1,4 +1,271 @@
 //! Git sources: one task per GitRepo that fetches on its poll interval or when asked to,
-//! builds the bundles that changed, and hands them to the fleet index.
+//! builds the bundles whose directory changed, and hands the repository's bundles to the
+//! fleet index, which passes on only what changed.
+//!
+//! A fetch or build failure never stops the task and never removes what is deployed: the
+//! error is recorded on the GitRepo (fetch) or the bundle (build) and the previous content
+//! stays in place.
 
 pub mod git;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::bundle;
+use crate::fleet::Fleet;
+use crate::model::{Bundle, BundleId, GitRepo, GitRepoStatus, unix_now};
+use crate::store::StoreError;
+
+/// Longest wait between attempts for a repository that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+type SyncReply = oneshot::Sender<GitRepo>;
+
+struct Poller {
+    trigger: mpsc::Sender<SyncReply>,
+    cancel: CancellationToken,
+    /// The repository as its task last saw it, including the time of the last fetch (which
+    /// is not written to the store unless something else changed).
+    current: Arc<Mutex<GitRepo>>,
+}
+
+/// The set of running Git pollers.
+pub struct Sources {
+    fleet: Arc<Fleet>,
+    git_dir: PathBuf,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    pollers: Mutex<HashMap<String, Poller>>,
+}
+
+impl Sources {
+    /// Pollers keep their mirrors under `git_dir`; they stop when `shutdown` is cancelled.
+    pub fn new(
+        fleet: Arc<Fleet>,
+        git_dir: PathBuf,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            fleet,
+            git_dir,
+            tasks,
+            shutdown,
+            pollers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Start polling `repo`, replacing a poller of the same name.
+    pub fn watch(&self, repo: GitRepo) {
+        let (tx, rx) = mpsc::channel(16);
+        let cancel = self.shutdown.child_token();
+        let name = repo.spec.name.clone();
+        let current = Arc::new(Mutex::new(repo.clone()));
+        let poller = Poller {
+            trigger: tx,
+            cancel: cancel.clone(),
+            current: current.clone(),
+        };
+        if let Some(old) = self
+            .pollers
+            .lock()
+            .expect("pollers lock")
+            .insert(name.clone(), poller)
+        {
+            old.cancel.cancel();
+        }
+        let mirror = self.git_dir.join(format!("{name}.git"));
+        let task = PollTask {
+            fleet: self.fleet.clone(),
+            mirror,
+            repo,
+            current,
+        };
+        self.tasks.spawn(
+            task.run(rx, cancel)
+                .instrument(info_span!("gitrepo", repo = %name)),
+        );
+    }
+
+    /// Every watched repository as its poller last saw it, by name.
+    pub fn repos(&self) -> Vec<GitRepo> {
+        let pollers = self.pollers.lock().expect("pollers lock");
+        let mut out: Vec<GitRepo> = pollers
+            .values()
+            .map(|p| p.current.lock().expect("repo lock").clone())
+            .collect();
+        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        out
+    }
+
+    /// Fetch `name` now and wait for the outcome. None if no such repository is watched.
+    pub async fn sync_now(&self, name: &str) -> Option<GitRepo> {
+        let trigger = self
+            .pollers
+            .lock()
+            .expect("pollers lock")
+            .get(name)?
+            .trigger
+            .clone();
+        let (tx, rx) = oneshot::channel();
+        trigger.send(tx).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+struct PollTask {
+    fleet: Arc<Fleet>,
+    mirror: PathBuf,
+    repo: GitRepo,
+    current: Arc<Mutex<GitRepo>>,
+}
+
+impl PollTask {
+    async fn run(mut self, mut triggers: mpsc::Receiver<SyncReply>, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        let mut waiting: Vec<SyncReply> = Vec::new();
+        loop {
+            match self.sync().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, failures, "git sync failed");
+                }
+            }
+            for reply in waiting.drain(..) {
+                let _ = reply.send(self.repo.clone());
+            }
+            let interval = Duration::from_secs(u64::from(self.repo.spec.poll_interval_secs.max(1)));
+            let wait = if failures == 0 {
+                interval
+            } else {
+                (interval * 2u32.saturating_pow(failures.min(8))).min(MAX_BACKOFF)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                reply = triggers.recv() => match reply {
+                    Some(reply) => waiting.push(reply),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// One fetch-and-build pass. Errors are also recorded on the GitRepo.
+    async fn sync(&mut self) -> Result<(), SyncError> {
+        let spec = self.repo.spec.clone();
+        let mirror = self.mirror.clone();
+        let fetched =
+            tokio::task::spawn_blocking(move || git::fetch(&mirror, &spec.url, &spec.branch))
+                .await
+                .map_err(|e| SyncError::Task(e.to_string()))?;
+        let commit = match fetched {
+            Ok(c) => c,
+            Err(e) => {
+                self.record(None, Some(e.to_string()))?;
+                return Err(e.into());
+            }
+        };
+        if self.repo.status.commit.as_deref() == Some(commit.as_str())
+            && self.repo.status.error.is_none()
+        {
+            self.record(Some(commit), None)?;
+            return Ok(());
+        }
+        match self.build(&commit).await {
+            Ok(bundles) => {
+                self.fleet.set_repo_bundles(&self.repo.spec.name, bundles)?;
+                info!(commit = %commit, "gitrepo synced");
+                self.record(Some(commit), None)?;
+                Ok(())
+            }
+            Err(e) => {
+                self.record(Some(commit), Some(e.to_string()))?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Read the bundle directories at `commit` and build the ones whose tree changed.
+    async fn build(&self, commit: &str) -> Result<Vec<Bundle>, SyncError> {
+        let (mirror, c, paths) = (
+            self.mirror.clone(),
+            commit.to_string(),
+            self.repo.spec.paths.clone(),
+        );
+        let trees = tokio::task::spawn_blocking(move || git::read_bundles(&mirror, &c, &paths))
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))??;
+        let previous: HashMap<BundleId, Bundle> = self
+            .fleet
+            .bundles()
+            .into_iter()
+            .filter(|b| b.repo == self.repo.spec.name)
+            .map(|b| (b.id.clone(), b))
+            .collect();
+        let mut out = Vec::new();
+        for tree in trees {
+            let id = BundleId::new(&self.repo.spec.name, &tree.path);
+            let prev = previous.get(&id);
+            if let Some(p) = prev.filter(|p| p.tree_id == tree.tree_id) {
+                out.push(p.clone());
+                continue;
+            }
+            let mut bundle = Bundle {
+                id: id.clone(),
+                repo: self.repo.spec.name.clone(),
+                path: tree.path.clone(),
+                tree_id: tree.tree_id.clone(),
+                content: prev.and_then(|p| p.content.clone()),
+                error: None,
+            };
+            match bundle::build(commit, "default", &tree.files) {
+                Ok(built) => {
+                    for m in &built.manifests {
+                        self.fleet.store().put_manifest(&m.hash, &m.json)?;
+                    }
+                    bundle.content = Some(Arc::new(built.content));
+                }
+                Err(e) => {
+                    warn!(bundle = %id, error = %e, "bundle cannot be built; keeping its previous revision");
+                    bundle.error = Some(e.to_string());
+                }
+            }
+            out.push(bundle);
+        }
+        Ok(out)
+    }
+
+    fn record(&mut self, commit: Option<String>, error: Option<String>) -> Result<(), StoreError> {
+        let commit = commit.or_else(|| self.repo.status.commit.clone());
+        let changed = commit != self.repo.status.commit || error != self.repo.status.error;
+        self.repo.status = GitRepoStatus {
+            commit,
+            error,
+            last_fetch: unix_now(),
+        };
+        *self.current.lock().expect("repo lock") = self.repo.clone();
+        if changed {
+            self.fleet.store().put_repo(&self.repo)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Git(#[from] git::GitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("git worker failed: {0}")]
+    Task(String),
+}

@@ -23,7 +23,11 @@ pub enum StoreError {
     #[error("store I/O failed: {0}; check the data directory's disk and permissions")]
     Io(#[from] sled::Error),
     #[error("corrupt record in {tree}/{key}: {source}")]
-    Corrupt { tree: &'static str, key: String, source: serde_json::Error },
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -54,7 +58,10 @@ impl Store {
             .path(dir)
             .flush_every_ms(Some(200))
             .open()
-            .map_err(|source| StoreError::Open { path: dir.display().to_string(), source })?;
+            .map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
         Ok(Self {
             clusters: db.open_tree(CLUSTERS)?,
             tokens: db.open_tree(TOKENS)?,
@@ -104,7 +111,8 @@ impl Store {
             used.uses += 1;
             let new_bytes = serde_json::to_vec(&used).expect("model types serialize");
             let swapped =
-                self.tokens.compare_and_swap(id.as_bytes(), Some(old_bytes), Some(new_bytes))?;
+                self.tokens
+                    .compare_and_swap(id.as_bytes(), Some(old_bytes), Some(new_bytes))?;
             if swapped.is_ok() {
                 return Ok(Some(Ok(token)));
             }
@@ -143,7 +151,12 @@ impl Store {
         Ok(self.manifests.get(hash.as_bytes())?.map(|v| v.to_vec()))
     }
 
-    pub fn put_status(&self, cluster: ClusterId, bundle: &BundleId, s: &ReportedStatus) -> Result<()> {
+    pub fn put_status(
+        &self,
+        cluster: ClusterId,
+        bundle: &BundleId,
+        s: &ReportedStatus,
+    ) -> Result<()> {
         put(&self.status, &status_key(cluster, bundle), s)
     }
     pub fn delete_status(&self, cluster: ClusterId, bundle: &BundleId) -> Result<()> {
@@ -156,9 +169,15 @@ impl Store {
         for item in self.status.iter() {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k).into_owned();
-            let Some((c, b)) = key.split_once('\0') else { continue };
+            let Some((c, b)) = key.split_once('\0') else {
+                continue;
+            };
             let Ok(cluster) = c.parse() else { continue };
-            out.push((ClusterId(cluster), BundleId(b.to_string()), decode(STATUS, &k, &v)?));
+            out.push((
+                ClusterId(cluster),
+                BundleId(b.to_string()),
+                decode(STATUS, &k, &v)?,
+            ));
         }
         Ok(out)
     }
@@ -169,19 +188,28 @@ fn status_key(cluster: ClusterId, bundle: &BundleId) -> Vec<u8> {
 }
 
 fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<()> {
-    tree.insert(key, serde_json::to_vec(value).expect("model types serialize"))?;
+    tree.insert(
+        key,
+        serde_json::to_vec(value).expect("model types serialize"),
+    )?;
     Ok(())
 }
 
-fn get<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>> {
+fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &[u8],
+) -> Result<Option<T>> {
     tree.get(key)?.map(|v| decode(name, key, &v)).transpose()
 }
 
 fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
-    tree.iter().map(|item| {
-        let (k, v) = item?;
-        decode(name, &k, &v)
-    }).collect()
+    tree.iter()
+        .map(|item| {
+            let (k, v) = item?;
+            decode(name, &k, &v)
+        })
+        .collect()
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {

@@ -40,7 +40,9 @@ fn records_survive_reopen() {
             objects: vec![],
             updated_at: 5,
         };
-        store.put_status(id, &BundleId("repo/app".into()), &status).unwrap();
+        store
+            .put_status(id, &BundleId("repo/app".into()), &status)
+            .unwrap();
         store.put_manifest(&ContentHash::of(b"{}"), b"{}").unwrap();
         drop(store);
     }
@@ -49,8 +51,11 @@ fn records_survive_reopen() {
     let statuses = store.statuses().unwrap();
     assert_eq!(statuses.len(), 1);
     assert_eq!(statuses[0].0, id);
-    assert_eq!(statuses[0].1 .0, "repo/app");
-    assert_eq!(store.manifest(&ContentHash::of(b"{}").0).unwrap().unwrap(), b"{}");
+    assert_eq!(statuses[0].1.0, "repo/app");
+    assert_eq!(
+        store.manifest(&ContentHash::of(b"{}").0).unwrap().unwrap(),
+        b"{}"
+    );
 }
 
 #[test]
@@ -59,10 +64,17 @@ fn token_use_is_counted_and_checked() {
     let store = Store::open(dir.path()).unwrap();
     store.put_token(&token("t1", 1)).unwrap();
     let check = |t: &RegistrationToken| {
-        if t.max_uses != 0 && t.uses >= t.max_uses { Err("used up") } else { Ok(()) }
+        if t.max_uses != 0 && t.uses >= t.max_uses {
+            Err("used up")
+        } else {
+            Ok(())
+        }
     };
     assert!(matches!(store.use_token("t1", check).unwrap(), Some(Ok(_))));
-    assert!(matches!(store.use_token("t1", check).unwrap(), Some(Err("used up"))));
+    assert!(matches!(
+        store.use_token("t1", check).unwrap(),
+        Some(Err("used up"))
+    ));
     assert!(store.use_token("nope", check).unwrap().is_none());
     assert_eq!(store.token("t1").unwrap().unwrap().uses, 1);
 }

@@ -1,0 +1,389 @@
+//! The `flotilla` command line: `serve` runs the hub, every other command is an admin call
+//! over mTLS with the credential the hub wrote (`--config`, default
+//! `./flotilla-data/admin.yaml`).
+//!
+//! Commands return their output as a string, so tests run them in-process.
+
+pub mod client;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flotilla_proto::admin::v1 as api;
+use flotilla_proto::agent::v1::{DeploymentState as WireState, ObjectState as WireObjectState};
+use serde_json::{Value, json};
+
+use crate::config::parse_duration;
+use crate::model::unix_now;
+
+/// Flotilla: keeps a fleet of Kubernetes clusters in the state Git describes.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version)]
+pub struct Cli {
+    /// The admin credential the hub wrote at first start.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_CONFIG",
+        default_value = "./flotilla-data/admin.yaml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Registration tokens for new clusters.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Git repositories the hub follows.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Registered clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Where every bundle stands on every cluster.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the store, the CA and Git mirrors live.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "./flotilla-data")]
+    pub data_dir: PathBuf,
+    /// gRPC listen address for agents and admins.
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Extra DNS name or IP for the serving certificate (repeatable).
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+    /// Default Git poll interval.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub poll_interval: std::time::Duration,
+    /// Lifetime of cluster client certificates.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    pub client_cert_ttl: std::time::Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a registration token and print it (shown once).
+    Create {
+        /// How long the token stays valid.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// How many clusters may register with it; 0 for no limit.
+        #[arg(long, default_value_t = 0)]
+        max_uses: u32,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Follow a Git repository (or change how it is followed).
+    Add {
+        name: String,
+        url: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Bundle directory in the repository (repeatable); none means the root.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// Poll interval, e.g. 30s; the hub's default when absent.
+        #[arg(long, value_parser = parse_duration)]
+        poll_interval: Option<std::time::Duration>,
+    },
+    /// List followed repositories.
+    List(OutputArgs),
+    /// Fetch a repository now.
+    Sync { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List registered clusters.
+    List(OutputArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Run an admin command and return what it prints.
+pub async fn execute(cli: Cli) -> anyhow::Result<String> {
+    let cred = client::read_credential(&cli.config)?;
+    let mut admin = client::connect(&cred).await?;
+    let now = unix_now();
+    match cli.command {
+        Command::Serve(_) => anyhow::bail!("`serve` is not an admin command"),
+        Command::Token(TokenCommand::Create {
+            ttl,
+            max_uses,
+            description,
+        }) => {
+            let t = admin
+                .create_token(api::CreateTokenRequest {
+                    ttl_seconds: ttl.as_secs(),
+                    max_uses,
+                    description,
+                })
+                .await
+                .context("creating the token")?
+                .into_inner();
+            Ok(format!("{}\n", t.token))
+        }
+        Command::Repo(RepoCommand::Add {
+            name,
+            url,
+            branch,
+            paths,
+            poll_interval,
+        }) => {
+            let req = api::AddGitRepoRequest {
+                name,
+                url,
+                branch,
+                paths,
+                poll_interval_seconds: poll_interval.map_or(0, |d| d.as_secs() as u32),
+            };
+            let r = admin
+                .add_git_repo(req)
+                .await
+                .context("adding the repository")?
+                .into_inner();
+            Ok(format!(
+                "gitrepo {} added: {} ({})\n",
+                r.name, r.url, r.branch
+            ))
+        }
+        Command::Repo(RepoCommand::List(o)) => {
+            let repos = admin
+                .list_git_repos(api::ListGitReposRequest {})
+                .await?
+                .into_inner()
+                .repos;
+            Ok(match o.output {
+                Output::Json => pretty(&Value::Array(repos.iter().map(repo_json).collect())),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = repos
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.name.clone(),
+                                r.url.clone(),
+                                r.branch.clone(),
+                                output::short(&r.commit),
+                                output::ago(r.last_fetch, now),
+                                r.error.clone(),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["NAME", "URL", "BRANCH", "COMMIT", "FETCHED", "ERROR"],
+                        &rows,
+                    )
+                }
+            })
+        }
+        Command::Repo(RepoCommand::Sync { name }) => {
+            let r = admin
+                .sync_git_repo(api::SyncGitRepoRequest { name })
+                .await?
+                .into_inner();
+            if r.error.is_empty() {
+                Ok(format!("gitrepo {} at {}\n", r.name, r.commit))
+            } else {
+                anyhow::bail!("gitrepo {} failed to sync: {}", r.name, r.error)
+            }
+        }
+        Command::Cluster(ClusterCommand::List(o)) => {
+            let clusters = admin
+                .list_clusters(api::ListClustersRequest {})
+                .await?
+                .into_inner()
+                .clusters;
+            Ok(match o.output {
+                Output::Json => pretty(&Value::Array(clusters.iter().map(cluster_json).collect())),
+                Output::Table => output::table(
+                    &[
+                        "NAME",
+                        "CONNECTED",
+                        "LAST SEEN",
+                        "KUBERNETES",
+                        "AGENT",
+                        "ID",
+                    ],
+                    &clusters
+                        .iter()
+                        .map(|c| cluster_row(c, now))
+                        .collect::<Vec<_>>(),
+                ),
+            })
+        }
+        Command::Status(args) => {
+            let s = admin
+                .get_status(api::GetStatusRequest {})
+                .await?
+                .into_inner();
+            Ok(match args.out.output {
+                Output::Json => pretty(&status_json(&s)),
+                Output::Table => status_table(&s),
+            })
+        }
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).expect("JSON values serialize");
+    s.push('\n');
+    s
+}
+
+/// Fleet's name for a deployment state.
+pub fn state_name(v: i32) -> &'static str {
+    match WireState::try_from(v).unwrap_or(WireState::Unspecified) {
+        WireState::Unspecified => "Unknown",
+        WireState::Pending => "Pending",
+        WireState::WaitApplied => "WaitApplied",
+        WireState::ErrApplied => "ErrApplied",
+        WireState::NotReady => "NotReady",
+        WireState::Ready => "Ready",
+        WireState::Modified => "Modified",
+        WireState::OutOfSync => "OutOfSync",
+        WireState::Missing => "Missing",
+    }
+}
+
+fn object_state_name(v: i32) -> &'static str {
+    match WireObjectState::try_from(v).unwrap_or(WireObjectState::Unspecified) {
+        WireObjectState::Unspecified => "Unknown",
+        WireObjectState::Applied => "Applied",
+        WireObjectState::Failed => "Failed",
+        WireObjectState::Waiting => "Waiting",
+        WireObjectState::Ready => "Ready",
+        WireObjectState::NotReady => "NotReady",
+    }
+}
+
+fn repo_json(r: &api::GitRepo) -> Value {
+    json!({"name": r.name, "url": r.url, "branch": r.branch, "paths": r.paths,
+           "pollIntervalSeconds": r.poll_interval_seconds, "commit": r.commit,
+           "error": r.error, "lastFetch": r.last_fetch})
+}
+
+fn cluster_json(c: &api::Cluster) -> Value {
+    json!({"id": c.id, "name": c.name, "labels": c.labels, "connected": c.connected,
+           "lastSeen": c.last_seen, "agentVersion": c.agent_version,
+           "kubernetesVersion": c.kubernetes_version, "registeredAt": c.registered_at})
+}
+
+fn cluster_row(c: &api::Cluster, now: i64) -> Vec<String> {
+    vec![
+        c.name.clone(),
+        if c.connected { "yes" } else { "no" }.into(),
+        if c.connected {
+            "now".into()
+        } else {
+            output::ago(c.last_seen, now)
+        },
+        c.kubernetes_version.clone(),
+        c.agent_version.clone(),
+        c.id.clone(),
+    ]
+}
+
+fn status_json(s: &api::GetStatusResponse) -> Value {
+    let mut summary = serde_json::Map::new();
+    for d in &s.deployments {
+        let n = summary.entry(state_name(d.state)).or_insert(json!(0));
+        *n = json!(n.as_u64().unwrap_or(0) + 1);
+    }
+    json!({
+        "summary": summary,
+        "clusters": s.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
+        "bundles": s.bundles.iter().map(|b| json!({"id": b.id, "gitrepo": b.gitrepo, "path": b.path,
+            "revision": b.revision, "contentHash": b.content_hash, "manifests": b.manifests, "error": b.error})).collect::<Vec<_>>(),
+        "deployments": s.deployments.iter().map(|d| json!({
+            "cluster": d.cluster_name, "clusterId": d.cluster_id, "bundle": d.bundle,
+            "state": state_name(d.state), "desiredRevision": d.desired_revision,
+            "reportedRevision": d.reported_revision, "message": d.message, "updatedAt": d.updated_at,
+            "objects": d.objects.iter().map(|o| json!({"apiVersion": o.api_version, "kind": o.kind,
+                "namespace": o.namespace, "name": o.name, "state": object_state_name(o.state),
+                "message": o.message, "source": o.source})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn status_table(s: &api::GetStatusResponse) -> String {
+    let connected = s.clusters.iter().filter(|c| c.connected).count();
+    let ready = s
+        .deployments
+        .iter()
+        .filter(|d| d.state == WireState::Ready as i32)
+        .count();
+    let mut out = format!(
+        "{} clusters ({} connected), {} bundles, {}/{} deployments Ready\n\n",
+        s.clusters.len(),
+        connected,
+        s.bundles.len(),
+        ready,
+        s.deployments.len()
+    );
+    let rows: Vec<Vec<String>> = s
+        .deployments
+        .iter()
+        .map(|d| {
+            vec![
+                d.cluster_name.clone(),
+                d.bundle.clone(),
+                state_name(d.state).into(),
+                output::short(&d.desired_revision),
+                d.message.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&output::table(
+        &["CLUSTER", "BUNDLE", "STATE", "REVISION", "MESSAGE"],
+        &rows,
+    ));
+    let broken: Vec<_> = s.bundles.iter().filter(|b| !b.error.is_empty()).collect();
+    if !broken.is_empty() {
+        out.push_str(
+            "\nBundles that cannot be built from Git (their previous revision stays deployed):\n",
+        );
+        for b in broken {
+            out.push_str(&format!("  {}: {}\n", b.id, b.error));
+        }
+    }
+    out
+}

@@ -1,0 +1,67 @@
+//! The hub's configuration: plain data, validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `flotilla serve` needs to know.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Where the store, the CA and the Git mirrors live.
+    pub data_dir: PathBuf,
+    /// The gRPC (agents and admin) listen address.
+    pub listen: SocketAddr,
+    /// Extra DNS names or IPs for the serving certificate (localhost and loopback are always in).
+    pub server_names: Vec<String>,
+    /// Poll interval for GitRepos that do not set one.
+    pub default_poll_interval: Duration,
+    /// Lifetime of the client certificates issued to clusters.
+    pub client_cert_ttl: Duration,
+    /// How long shutdown waits for tasks to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl HubConfig {
+    /// Defaults for `data_dir`, listening on all interfaces at port 8443.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            server_names: Vec::new(),
+            default_poll_interval: Duration::from_secs(15),
+            client_cert_ttl: Duration::from_secs(90 * 86400),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Parse a duration like `90s`, `15m`, `1h`, `7d` (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 15m, 1h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
+        assert!(parse_duration("1w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+}
