@@ -1,7 +1,10 @@
 //! Compiles the `.proto` contract with protox (pure Rust), so a fresh machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["flotilla/agent/v1/agent.proto", "flotilla/admin/v1/admin.proto"];
+    let files = [
+        "flotilla/agent/v1/agent.proto",
+        "flotilla/admin/v1/admin.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,0 +1,136 @@
+//! The one place where wire types become domain types and back (`from_proto` / `to_proto`).
+
+use flotilla_proto::agent::v1 as pb;
+
+use crate::model::{
+    Deployment, DeploymentState, DeploymentStatus, HeldDeployment, ManifestRef, ObjectState,
+    ObjectStatus,
+};
+
+pub(super) fn deployment_from_proto(d: pb::BundleDeployment) -> Deployment {
+    Deployment {
+        deployment_id: d.deployment_id,
+        bundle: d.bundle,
+        revision: d.revision,
+        content_hash: d.content_hash,
+        default_namespace: d.default_namespace,
+        manifests: d
+            .manifests
+            .into_iter()
+            .map(|m| ManifestRef {
+                hash: m.hash,
+                source: m.source,
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn held_to_proto(h: HeldDeployment) -> pb::HeldDeployment {
+    pb::HeldDeployment {
+        deployment_id: h.deployment_id,
+        content_hash: h.content_hash,
+    }
+}
+
+fn deployment_state_to_proto(s: DeploymentState) -> pb::DeploymentState {
+    match s {
+        DeploymentState::WaitApplied => pb::DeploymentState::WaitApplied,
+        DeploymentState::ErrApplied => pb::DeploymentState::ErrApplied,
+        DeploymentState::Ready => pb::DeploymentState::Ready,
+    }
+}
+
+fn object_state_to_proto(s: ObjectState) -> pb::ObjectState {
+    match s {
+        ObjectState::Applied => pb::ObjectState::Applied,
+        ObjectState::Failed => pb::ObjectState::Failed,
+        ObjectState::Waiting => pb::ObjectState::Waiting,
+    }
+}
+
+fn object_to_proto(o: ObjectStatus) -> pb::ObjectStatus {
+    pb::ObjectStatus {
+        api_version: o.object.api_version,
+        kind: o.object.kind,
+        namespace: o.object.namespace,
+        name: o.object.name,
+        state: object_state_to_proto(o.state).into(),
+        message: o.message,
+        source: o.source,
+    }
+}
+
+pub(super) fn status_to_proto(s: DeploymentStatus) -> pb::DeploymentStatus {
+    pb::DeploymentStatus {
+        deployment_id: s.deployment_id,
+        content_hash: s.content_hash,
+        revision: s.revision,
+        state: deployment_state_to_proto(s.state).into(),
+        message: s.message,
+        objects: s.objects.into_iter().map(object_to_proto).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ObjectRef;
+
+    #[test]
+    fn statuses_map_to_the_wire_enums() {
+        let s = DeploymentStatus {
+            deployment_id: "d".into(),
+            content_hash: "h".into(),
+            revision: "r".into(),
+            state: DeploymentState::ErrApplied,
+            message: "m".into(),
+            objects: vec![ObjectStatus {
+                object: ObjectRef {
+                    api_version: "v1".into(),
+                    kind: "Secret".into(),
+                    namespace: "n".into(),
+                    name: "s".into(),
+                },
+                source: "a.yaml#0".into(),
+                state: ObjectState::Failed,
+                message: "no".into(),
+            }],
+        };
+        let p = status_to_proto(s);
+        assert_eq!(p.state(), pb::DeploymentState::ErrApplied);
+        assert_eq!(p.objects[0].state(), pb::ObjectState::Failed);
+        assert_eq!(
+            (p.objects[0].kind.as_str(), p.objects[0].source.as_str()),
+            ("Secret", "a.yaml#0")
+        );
+    }
+
+    #[test]
+    fn deployments_keep_manifest_order() {
+        let d = deployment_from_proto(pb::BundleDeployment {
+            deployment_id: "d".into(),
+            bundle: "repo/app".into(),
+            revision: "r".into(),
+            content_hash: "h".into(),
+            default_namespace: "ns".into(),
+            manifests: vec![
+                pb::ManifestRef {
+                    hash: "2".into(),
+                    source: "b#0".into(),
+                },
+                pb::ManifestRef {
+                    hash: "1".into(),
+                    source: "a#0".into(),
+                },
+            ],
+        });
+        assert_eq!(
+            d.manifests
+                .iter()
+                .map(|m| m.hash.as_str())
+                .collect::<Vec<_>>(),
+            ["2", "1"]
+        );
+        assert_eq!(d.default_namespace, "ns");
+    }
+}

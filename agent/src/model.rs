@@ -1,0 +1,149 @@
+//! Domain types of the agent: what the hub asks for ([`Deployment`]), what the agent records
+//! about it ([`Inventory`]) and what it reports back ([`DeploymentStatus`]).
+//!
+//! *Boundary:* no proto and no kube types here. `hub_client::convert` is the one place that maps
+//! these to and from the wire, `cluster::inventory` the one place that maps [`Inventory`] to a
+//! ConfigMap.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// One bundle as this cluster must run it: the desired state of one deployment id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Deployment {
+    pub deployment_id: String,
+    /// `<gitrepo>/<path>`, for people.
+    pub bundle: String,
+    /// The Git commit the content was rendered from.
+    pub revision: String,
+    /// Hash over the desired state; equal hashes mean equal desired state.
+    pub content_hash: String,
+    /// Namespace for namespaced objects that name none; empty means `default`.
+    pub default_namespace: String,
+    /// The objects, by content hash, in bundle order.
+    pub manifests: Vec<ManifestRef>,
+}
+
+/// A reference to one manifest (one Kubernetes object) by content hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ManifestRef {
+    /// sha256 of the manifest's JSON, hex encoded.
+    pub hash: String,
+    /// Where it came from, e.g. `app/web.yaml#2`.
+    pub source: String,
+}
+
+/// A deployment together with its manifests, ready to apply. The manifests are shared with the
+/// manifest cache, which keeps one copy per hash for as long as a desired deployment holds it.
+#[derive(Debug)]
+pub(crate) struct Desired {
+    pub deployment: Deployment,
+    /// Parsed manifests, index for index with `deployment.manifests`.
+    pub manifests: Vec<Arc<serde_json::Value>>,
+}
+
+/// Names one Kubernetes object. Two references denote the same object when group, kind,
+/// namespace and name agree: the version is only how we spoke to it (see [`ObjectRef::same_object`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    /// Empty for cluster-scoped objects.
+    #[serde(default)]
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// The API group: empty for the core group (`v1`).
+    pub fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+
+    /// Whether both name the same object, whatever version each was written with (moving a
+    /// manifest from `autoscaling/v2beta2` to `autoscaling/v2` must not prune the object).
+    pub fn same_object(&self, other: &ObjectRef) -> bool {
+        self.group() == other.group()
+            && self.kind == other.kind
+            && self.namespace == other.namespace
+            && self.name == other.name
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{} in {}", self.kind, self.name, self.namespace)
+        }
+    }
+}
+
+/// What the inventory ConfigMap of one deployment records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Inventory {
+    pub deployment_id: String,
+    /// The content hash last applied completely; empty while only objects are known.
+    pub content_hash: String,
+    pub revision: String,
+    /// The deployment last applied, when there was one.
+    pub spec: Option<Deployment>,
+    /// Everything the agent may own for this deployment, in apply order.
+    pub objects: Vec<ObjectRef>,
+}
+
+/// A deployment the agent holds, as announced in `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HeldDeployment {
+    pub deployment_id: String,
+    pub content_hash: String,
+}
+
+/// Outcome for one object of a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ObjectState {
+    /// Server-side apply succeeded.
+    Applied,
+    /// The API server refused it (or it could not be sent); the message says why.
+    Failed,
+    /// Not applied yet.
+    Waiting,
+}
+
+/// One object's line in a status report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ObjectStatus {
+    pub object: ObjectRef,
+    pub source: String,
+    pub state: ObjectState,
+    pub message: String,
+}
+
+/// The state of one deployment on this cluster. The health states of the wire enum
+/// (`NOT_READY`, `MODIFIED`, `MISSING`) come with per-kind health checks, later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeploymentState {
+    /// Being applied.
+    WaitApplied,
+    /// At least one object failed.
+    ErrApplied,
+    /// Every object applied.
+    Ready,
+}
+
+/// A deployment's status, as reported to the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DeploymentStatus {
+    pub deployment_id: String,
+    pub content_hash: String,
+    /// The Git commit of the content the status is about.
+    pub revision: String,
+    pub state: DeploymentState,
+    /// The first failure, or empty.
+    pub message: String,
+    pub objects: Vec<ObjectStatus>,
+}

@@ -1,0 +1,237 @@
+//! Turning desired deployments into cluster state, one worker per deployment id.
+//!
+//! The hub client hands over the latest desired state ([`Reconciler::deploy`]) or a removal
+//! ([`Reconciler::remove`]); each deployment's worker applies one at a time. *Invariant:* the
+//! latest desired state wins — a newer one arriving mid-apply stops the current run between
+//! objects, and intermediate ones are skipped. A run with failed objects is retried with
+//! backoff while it is still the desired state (a CRD from another bundle, a namespace that
+//! was terminating). A bounded number of deployments apply at once, to stay gentle with the
+//! API server after a reconnect delivers many at once.
+
+mod apply;
+mod prune;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::cluster::Cluster;
+use crate::config::BackoffConfig;
+use crate::model::{Desired, Inventory};
+use crate::status::StatusBoard;
+
+/// Deployments applied at the same time.
+const PARALLEL_APPLIES: usize = 4;
+
+/// What a deployment's worker should make true.
+#[derive(Clone, Debug)]
+enum Target {
+    Apply(Arc<Desired>),
+    Remove,
+}
+
+struct Inner {
+    cluster: Cluster,
+    board: Arc<StatusBoard>,
+    workers: Mutex<HashMap<String, watch::Sender<Target>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    permits: Semaphore,
+    backoff: BackoffConfig,
+}
+
+/// Handle on the per-deployment workers. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Reconciler {
+    inner: Arc<Inner>,
+}
+
+impl Reconciler {
+    /// Workers are spawned on `tracker` and stop when `shutdown` is cancelled.
+    pub fn new(
+        cluster: Cluster,
+        board: Arc<StatusBoard>,
+        backoff: BackoffConfig,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let inner = Inner {
+            cluster,
+            board,
+            workers: Mutex::default(),
+            tracker,
+            shutdown,
+            permits: Semaphore::new(PARALLEL_APPLIES),
+            backoff,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Target>>> {
+        self.inner.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `content_hash` is already the desired state of the deployment (a resend).
+    pub fn is_desired(&self, deployment_id: &str, content_hash: &str) -> bool {
+        self.workers().get(deployment_id).is_some_and(|tx| {
+            matches!(&*tx.borrow(), Target::Apply(d) if d.deployment.content_hash == content_hash)
+        })
+    }
+
+    /// Makes `desired` the state to apply for its deployment.
+    pub fn deploy(&self, desired: Desired) {
+        let id = desired.deployment.deployment_id.clone();
+        self.set(id, Target::Apply(Arc::new(desired)));
+    }
+
+    /// Prunes everything the deployment owns, then forgets it.
+    pub fn remove(&self, deployment_id: &str) {
+        self.set(deployment_id.to_string(), Target::Remove);
+    }
+
+    fn set(&self, id: String, target: Target) {
+        // Sending under the lock pairs with the worker's exit check, also under the lock.
+        let mut workers = self.workers();
+        if let Some(tx) = workers.get(&id) {
+            tx.send_replace(target);
+            return;
+        }
+        let (tx, mut rx) = watch::channel(target);
+        rx.mark_changed();
+        workers.insert(id.clone(), tx);
+        let span = info_span!("deployment", id = %id);
+        let worker = Worker {
+            reconciler: self.clone(),
+            id,
+            rx,
+            inventory: None,
+        };
+        self.inner.tracker.spawn(worker.run().instrument(span));
+    }
+}
+
+/// The loop of one deployment id.
+struct Worker {
+    reconciler: Reconciler,
+    id: String,
+    rx: watch::Receiver<Target>,
+    /// The inventory as last read or written, once known.
+    inventory: Option<Inventory>,
+}
+
+enum Step {
+    /// Wait for the next desired state.
+    Done,
+    /// Try the same desired state again after a pause.
+    RetryLater,
+    /// The deployment was removed and the worker may end.
+    Removed,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let inner = self.reconciler.inner.clone();
+        let mut backoff = Backoff::new(inner.backoff);
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let fresh = tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                changed = self.rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    backoff.reset();
+                    true
+                }
+                _ = sleep_until(retry_at), if retry_at.is_some() => false,
+            };
+            retry_at = None;
+            let target = self.rx.borrow_and_update().clone();
+            let step = tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                step = self.step(target, fresh) => step,
+            };
+            match step {
+                Step::Done => {}
+                Step::RetryLater => retry_at = Some(Instant::now() + backoff.next_delay()),
+                Step::Removed if self.finish_removal() => return,
+                Step::Removed => {}
+            }
+        }
+    }
+
+    async fn step(&mut self, target: Target, fresh: bool) -> Step {
+        let inner = self.reconciler.inner.clone();
+        let Ok(_permit) = inner.permits.acquire().await else {
+            return Step::Done;
+        };
+        let inventory = match self.inventory.take() {
+            Some(inv) => inv,
+            None => match inner.cluster.read_inventory(&self.id).await {
+                Ok(inv) => inv.unwrap_or_else(|| Inventory {
+                    deployment_id: self.id.clone(),
+                    ..Inventory::default()
+                }),
+                Err(e) => {
+                    warn!(error = %e, "could not read the inventory; retrying");
+                    return Step::RetryLater;
+                }
+            },
+        };
+        let rx = self.rx.clone();
+        let superseded = move || rx.has_changed().unwrap_or(true);
+        match target {
+            Target::Apply(desired) => {
+                let (inventory, ok) = apply::run(
+                    &inner.cluster,
+                    &inner.board,
+                    &desired,
+                    inventory,
+                    fresh,
+                    &superseded,
+                )
+                .await;
+                self.inventory = Some(inventory);
+                if ok { Step::Done } else { Step::RetryLater }
+            }
+            Target::Remove => match prune::remove(&inner.cluster, inventory).await {
+                Ok(()) => Step::Removed,
+                Err(left) => {
+                    self.inventory = Some(left);
+                    Step::RetryLater
+                }
+            },
+        }
+    }
+
+    /// Ends the worker unless a new desired state arrived meanwhile. Returns whether it ended.
+    fn finish_removal(&mut self) -> bool {
+        let inner = &self.reconciler.inner;
+        let mut workers = self.reconciler.workers();
+        if self.rx.has_changed().unwrap_or(false) {
+            return false;
+        }
+        workers.remove(&self.id);
+        inner.board.forget(&self.id);
+        info!("deployment removed");
+        true
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,6 @@
+//! Flotilla's one end-to-end test binary: the harness lives in the `flotilla-tests` library
+//! (TestFleet, the Git server, the Kubernetes API emulator); these modules are the scenarios.
+
+mod emulator;
+mod git_server;
+mod scenarios;
