@@ -39,7 +39,7 @@ pub struct TestCluster {
     pub name: String,
     pub kube: Arc<KubeEmulator>,
     kubeconfig: PathBuf,
-    state_dir: PathBuf,
+    identity: IdentityStoreConfig,
     agent: Option<(
         CancellationToken,
         JoinHandle<Result<(), flotilla_agent::AgentError>>,
@@ -192,11 +192,23 @@ impl TestFleet {
             name: name.to_string(),
             kube: kube.clone(),
             kubeconfig,
-            state_dir: cluster_dir.join("agent-state"),
+            identity: IdentityStoreConfig::Dir(cluster_dir.join("agent-state")),
             agent: None,
         };
         self.clusters.insert(name.to_string(), cluster);
         Ok(kube)
+    }
+
+    /// Keep the identity of cluster `name`'s agent in a Secret, as in-cluster agents do.
+    pub fn use_identity_secret(&mut self, name: &str, secret: &str) -> anyhow::Result<()> {
+        let c = self
+            .clusters
+            .get_mut(name)
+            .context("no such test cluster")?;
+        c.identity = IdentityStoreConfig::Secret {
+            name: secret.to_string(),
+        };
+        Ok(())
     }
 
     /// The agent configuration for cluster `name`.
@@ -209,7 +221,7 @@ impl TestFleet {
             cluster_name: name.to_string(),
             labels: BTreeMap::new(),
             namespace: "flotilla-system".into(),
-            identity: IdentityStoreConfig::Dir(c.state_dir.clone()),
+            identity: c.identity.clone(),
             kube: KubeSource::Kubeconfig(c.kubeconfig.clone()),
             backoff: BackoffConfig {
                 initial: Duration::from_millis(50),

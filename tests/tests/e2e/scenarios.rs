@@ -379,3 +379,50 @@ async fn wrong_token_is_refused() -> anyhow::Result<()> {
     assert!(fleet.status().await?.clusters.is_empty());
     Ok(())
 }
+
+/// In a cluster the agent keeps its identity in a Secret: after a restart it reconnects as
+/// the same cluster without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_in_a_secret_survives_agent_restart() -> anyhow::Result<()> {
+    let mut fleet = TestFleet::start().await?;
+    let repo = fleet.git.create_repo("apps")?;
+    repo.write("app/config.yaml", CONFIG_MAP)?;
+    let rev = repo.commit("first")?;
+    fleet
+        .add_repo("apps", &fleet.git.http_url("apps"), &["app"])
+        .await?;
+    let kube = fleet.add_cluster_without_agent("east").await?;
+    fleet.use_identity_secret("east", "flotilla-agent-identity")?;
+    let token = fleet.token().await?;
+    fleet.start_agent("east", Some(token.clone()))?;
+    let before = fleet
+        .wait_status("Ready", |s| ready(s, "east", "apps/app", &rev))
+        .await?;
+
+    let secret = kube
+        .get_object(
+            "v1",
+            "Secret",
+            Some("flotilla-system"),
+            "flotilla-agent-identity",
+        )
+        .expect("identity Secret written");
+    let text = secret.to_string();
+    assert!(
+        !text.contains(&token),
+        "the registration token is not kept in the identity"
+    );
+    assert!(secret["data"].as_object().is_some_and(|d| !d.is_empty()));
+
+    fleet.stop_agent("east").await??;
+    fleet
+        .wait_status("agent gone", |s| !s.clusters[0].connected)
+        .await?;
+    fleet.start_agent("east", None)?;
+    let after = fleet
+        .wait_status("reconnected", |s| s.clusters[0].connected)
+        .await?;
+    assert_eq!(after.clusters.len(), 1);
+    assert_eq!(after.clusters[0].id, before.clusters[0].id);
+    Ok(())
+}
