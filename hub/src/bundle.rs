@@ -161,10 +161,10 @@ fn push_object(value: Value, out: &mut Vec<Value>) -> Result<(), String> {
         }
         Value::Object(ref map) => {
             for field in ["apiVersion", "kind"] {
-                if !map
+                if map
                     .get(field)
                     .and_then(Value::as_str)
-                    .is_some_and(|s| !s.is_empty())
+                    .is_none_or(|s| s.is_empty())
                 {
                     return Err(format!(
                         "a Kubernetes object needs a non-empty string `{field}`"
@@ -175,7 +175,7 @@ fn push_object(value: Value, out: &mut Vec<Value>) -> Result<(), String> {
                 .get("metadata")
                 .and_then(|m| m.get("name"))
                 .and_then(Value::as_str);
-            if !name.is_some_and(|n| !n.is_empty()) {
+            if name.is_none_or(|n| n.is_empty()) {
                 return Err("a Kubernetes object needs `metadata.name` (generateName is not supported: objects must be addressable to be updated and pruned)".into());
             }
             out.push(value);

@@ -91,12 +91,12 @@ pub struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let mut st = self.fleet.state.write().expect("fleet lock");
-        if let Some(entry) = st.clusters.get_mut(&self.cluster) {
-            if entry.session.as_ref().is_some_and(|(id, _)| *id == self.id) {
-                entry.session = None;
-                entry.presence.connected = false;
-                entry.presence.last_seen = unix_now();
-            }
+        if let Some(entry) = st.clusters.get_mut(&self.cluster)
+            && entry.session.as_ref().is_some_and(|(id, _)| *id == self.id)
+        {
+            entry.session = None;
+            entry.presence.connected = false;
+            entry.presence.last_seen = unix_now();
         }
     }
 }

@@ -11,7 +11,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command else {
         let out = execute(cli).await?;
-        print!("{out}");
+        // The CLI binary is the one place that prints to stdout.
+        #[allow(clippy::print_stdout)]
+        {
+            print!("{out}");
+        }
         return Ok(());
     };
     init_tracing(args.log_format);
