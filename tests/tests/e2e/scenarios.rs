@@ -458,3 +458,46 @@ async fn identity_in_a_secret_survives_agent_restart() -> anyhow::Result<()> {
     assert_eq!(after.clusters[0].id, before.clusters[0].id);
     Ok(())
 }
+
+/// Without any trigger, the poller picks up a new commit on its interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_picks_up_new_commits() -> anyhow::Result<()> {
+    let fleet = TestFleet::start().await?;
+    let repo = fleet.git.create_repo("apps")?;
+    repo.write("app/config.yaml", CONFIG_MAP)?;
+    let rev1 = repo.commit("first")?;
+    let url = fleet.git.git_url("apps");
+    fleet
+        .cli(&[
+            "repo",
+            "add",
+            "apps",
+            &url,
+            "--path",
+            "app",
+            "--poll-interval",
+            "1s",
+        ])
+        .await?;
+    // The first fetch happens at once; only a later poll can see the second commit.
+    fleet
+        .wait_status("first commit fetched", |s| {
+            s.bundles
+                .iter()
+                .any(|b| b.id == "apps/app" && b.revision == rev1)
+        })
+        .await?;
+    repo.write("app/config.yaml", &CONFIG_MAP.replace("hello", "polled"))?;
+    let rev2 = repo.commit("second")?;
+    fleet
+        .wait_status("second commit polled", |s| {
+            s.bundles
+                .iter()
+                .any(|b| b.id == "apps/app" && b.revision == rev2)
+        })
+        .await?;
+    let listed: Value = serde_json::from_str(&fleet.cli(&["repo", "list", "-o", "json"]).await?)?;
+    assert_eq!(listed[0]["commit"], rev2.as_str());
+    assert_eq!(listed[0]["error"], "");
+    Ok(())
+}
