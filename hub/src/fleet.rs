@@ -136,10 +136,15 @@ impl Fleet {
     }
 
     /// Record a newly registered cluster and compute what it should run.
-    pub fn add_cluster(&self, cluster: Cluster) -> Result<(), StoreError> {
+    /// Returns false, changing nothing, when another cluster already has its name.
+    pub fn add_cluster(&self, cluster: Cluster) -> Result<bool, StoreError> {
+        let mut st = self.write();
+        if st.names.contains_key(&cluster.name) {
+            return Ok(false);
+        }
         self.store.put_cluster(&cluster)?;
-        insert_cluster(&mut self.write(), cluster);
-        Ok(())
+        insert_cluster(&mut st, cluster);
+        Ok(true)
     }
 
     /// Update what an agent says about its cluster (versions); stored only when it changed.

@@ -241,3 +241,33 @@ pub fn is_dns_label(name: &str) -> bool {
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
+
+/// `url` without the credentials of its user-info part (`https://user:token@host` →
+/// `https://***@host`), for logs, errors and status.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_redacted() {
+        use super::redact_url;
+        assert_eq!(
+            redact_url("https://bob:s3cret@git.example/a.git"),
+            "https://***@git.example/a.git"
+        );
+        assert_eq!(
+            redact_url("https://git.example/a@b.git"),
+            "https://git.example/a@b.git"
+        );
+        assert_eq!(redact_url("file:///srv/a.git"), "file:///srv/a.git");
+    }
+}

@@ -215,6 +215,11 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
         path: path.into(),
         source,
     };
+    // A leftover temporary file would keep its old mode: start from nothing.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -152,3 +152,11 @@ fn a_newer_stream_cancels_the_older_and_presence_follows_the_newest() {
     drop(second);
     assert!(!f.clusters()[0].presence.connected);
 }
+
+#[test]
+fn a_taken_name_is_refused_atomically() {
+    let (_dir, f) = fleet();
+    assert!(f.add_cluster(cluster("east")).unwrap());
+    assert!(!f.add_cluster(cluster("east")).unwrap());
+    assert_eq!(f.clusters().len(), 1);
+}

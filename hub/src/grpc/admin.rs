@@ -62,20 +62,18 @@ impl api::admin_server::Admin for AdminService {
         let admin = authorize_admin(&req)?;
         let spec = validate_repo(req.into_inner(), self.0.default_poll_interval)?;
         let store = self.0.fleet.store();
-        let status = store
-            .repo(&spec.name)
-            .map_err(internal)?
-            .map(|r| r.status)
-            .unwrap_or_default();
-        let repo = GitRepo {
-            spec,
-            status: GitRepoStatus {
+        // The same spec keeps its status; a changed one is built afresh at the next fetch,
+        // even if the commit did not move (new paths, another branch).
+        let status = match store.repo(&spec.name).map_err(internal)? {
+            Some(old) if old.spec == spec => GitRepoStatus {
                 error: None,
-                ..status
+                ..old.status
             },
+            _ => GitRepoStatus::default(),
         };
+        let repo = GitRepo { spec, status };
         store.put_repo(&repo).map_err(internal)?;
-        info!(admin = %admin, repo = %repo.spec.name, url = %repo.spec.url, "gitrepo added");
+        info!(admin = %admin, repo = %repo.spec.name, url = %crate::model::redact_url(&repo.spec.url), "gitrepo added");
         self.0.sources.watch(repo.clone());
         Ok(Response::new(convert::gitrepo(&repo)))
     }

@@ -48,13 +48,16 @@ impl wire::registration_server::Registration for RegistrationService {
                 req.cluster_name
             )));
         }
-        if ctx.fleet.cluster_by_name(&req.cluster_name).is_some() {
-            return Err(Status::already_exists(format!(
+        let taken = || {
+            Status::already_exists(format!(
                 "a cluster named {:?} is already registered; choose another --cluster-name",
                 req.cluster_name
-            )));
+            ))
+        };
+        if ctx.fleet.cluster_by_name(&req.cluster_name).is_some() {
+            return Err(taken());
         }
-        let token = check_token(ctx, &req.token)?;
+        // Check the CSR before the token, so a malformed request does not spend a use.
         let id = ClusterId::new();
         let cert = ctx
             .pki
@@ -62,6 +65,7 @@ impl wire::registration_server::Registration for RegistrationService {
             .map_err(|e| {
                 Status::invalid_argument(format!("{e}; the agent must send a PEM PKCS#10 CSR"))
             })?;
+        let token = check_token(ctx, &req.token)?;
         let cluster = Cluster {
             id,
             name: req.cluster_name.clone(),
@@ -70,7 +74,10 @@ impl wire::registration_server::Registration for RegistrationService {
             agent_version: req.agent_version,
             kubernetes_version: String::new(),
         };
-        ctx.fleet.add_cluster(cluster).map_err(internal)?;
+        // Checked again atomically: two agents may race for one name.
+        if !ctx.fleet.add_cluster(cluster).map_err(internal)? {
+            return Err(taken());
+        }
         info!(cluster = %id, name = %req.cluster_name, token = %token.id, "cluster registered");
         Ok(Response::new(wire::RegisterResponse {
             cluster_id: id.to_string(),
@@ -250,6 +257,9 @@ impl AgentStream {
         let mut nonce = 0u64;
         loop {
             let step = tokio::select! {
+                // Cancellation first: a replaced stream must not consume the change
+                // notification its successor shares.
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = session.cancelled.cancelled() => {
                     let _ = self.tx.send(Err(Status::aborted("a newer stream from this cluster replaced this one"))).await;

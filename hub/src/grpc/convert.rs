@@ -136,7 +136,7 @@ pub fn cluster(v: &ClusterView) -> admin::Cluster {
 pub fn gitrepo(r: &GitRepo) -> admin::GitRepo {
     admin::GitRepo {
         name: r.spec.name.clone(),
-        url: r.spec.url.clone(),
+        url: crate::model::redact_url(&r.spec.url),
         branch: r.spec.branch.clone(),
         paths: r.spec.paths.clone(),
         poll_interval_seconds: r.spec.poll_interval_secs,

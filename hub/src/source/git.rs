@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use gix::remote::Direction;
 
 use crate::bundle::BundleFile;
+use crate::model::redact_url;
 
 /// Why Git could not give us what we asked for.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,13 @@ pub enum GitError {
     Mirror { path: String, message: String },
     #[error("fetching {url} failed: {message}; check the URL and that the hub can reach it")]
     Fetch { url: String, message: String },
+    #[error(
+        "fetching {url} took longer than {after:?} and was abandoned; check that the server answers"
+    )]
+    Timeout {
+        url: String,
+        after: std::time::Duration,
+    },
     #[error("branch `{branch}` does not exist in {url}; check the GitRepo's branch")]
     NoBranch { url: String, branch: String },
     #[error("reading commit {commit} failed: {message}")]
@@ -38,7 +46,13 @@ pub struct BundleTree {
 }
 
 /// Fetch `branch` from `url` into the bare mirror at `mirror` and return its head commit.
-pub fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError> {
+/// Setting `interrupt` makes a transfer in progress give up.
+pub fn fetch(
+    mirror: &Path,
+    url: &str,
+    branch: &str,
+    interrupt: &AtomicBool,
+) -> Result<String, GitError> {
     let mirror_err = |e: &dyn std::fmt::Display| GitError::Mirror {
         path: mirror.display().to_string(),
         message: e.to_string(),
@@ -52,7 +66,7 @@ pub fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError>
     let tracking = format!("refs/remotes/origin/{branch}");
     let refspec = format!("+refs/heads/{branch}:{tracking}");
     let fetch_err = |e: &dyn std::fmt::Display| GitError::Fetch {
-        url: url.to_string(),
+        url: redact_url(url),
         message: e.to_string(),
     };
     let remote = repo
@@ -60,19 +74,18 @@ pub fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError>
         .map_err(|e| fetch_err(&e))?
         .with_refspecs([refspec.as_str()], Direction::Fetch)
         .map_err(|e| fetch_err(&e))?;
-    let interrupt = AtomicBool::new(false);
     remote
         .connect(Direction::Fetch)
         .map_err(|e| fetch_err(&e))?
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(|e| fetch_err(&e))?
-        .receive(gix::progress::Discard, &interrupt)
+        .receive(gix::progress::Discard, interrupt)
         .map_err(|e| fetch_err(&e))?;
     let mut reference = match repo.try_find_reference(tracking.as_str()) {
         Ok(Some(r)) => r,
         Ok(None) => {
             return Err(GitError::NoBranch {
-                url: url.to_string(),
+                url: redact_url(url),
                 branch: branch.to_string(),
             });
         }

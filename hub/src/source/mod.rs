@@ -10,6 +10,7 @@ pub mod git;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +21,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bundle;
 use crate::fleet::Fleet;
-use crate::model::{Bundle, BundleId, GitRepo, GitRepoStatus, unix_now};
+use crate::model::{Bundle, BundleId, GitRepo, GitRepoStatus, redact_url, unix_now};
 use crate::store::StoreError;
+
+/// Longest a fetch may take before it is abandoned and reported as failed.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Longest wait between attempts for a repository that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -87,11 +91,10 @@ impl Sources {
             mirror,
             repo,
             current,
+            cancel,
         };
-        self.tasks.spawn(
-            task.run(rx, cancel)
-                .instrument(info_span!("gitrepo", repo = %name)),
-        );
+        self.tasks
+            .spawn(task.run(rx).instrument(info_span!("gitrepo", repo = %name)));
     }
 
     /// Every watched repository as its poller last saw it, by name.
@@ -125,10 +128,14 @@ struct PollTask {
     mirror: PathBuf,
     repo: GitRepo,
     current: Arc<Mutex<GitRepo>>,
+    /// Cancelled at shutdown or when a newer spec replaces this poller; a cancelled poller
+    /// writes nothing, so it cannot undo its successor's work.
+    cancel: CancellationToken,
 }
 
 impl PollTask {
-    async fn run(mut self, mut triggers: mpsc::Receiver<SyncReply>, cancel: CancellationToken) {
+    async fn run(mut self, mut triggers: mpsc::Receiver<SyncReply>) {
+        let cancel = self.cancel.clone();
         let mut failures = 0u32;
         let mut waiting: Vec<SyncReply> = Vec::new();
         loop {
@@ -163,10 +170,22 @@ impl PollTask {
     async fn sync(&mut self) -> Result<(), SyncError> {
         let spec = self.repo.spec.clone();
         let mirror = self.mirror.clone();
-        let fetched =
-            tokio::task::spawn_blocking(move || git::fetch(&mirror, &spec.url, &spec.branch))
-                .await
-                .map_err(|e| SyncError::Task(e.to_string()))?;
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let flag = interrupt.clone();
+        let fetch = tokio::task::spawn_blocking(move || {
+            git::fetch(&mirror, &spec.url, &spec.branch, &flag)
+        });
+        let fetched = match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+            Ok(joined) => joined.map_err(|e| SyncError::Task(e.to_string()))?,
+            Err(_) => {
+                // Stops a transfer in progress; a stalled connect ends with its own timeout.
+                interrupt.store(true, Ordering::Relaxed);
+                Err(git::GitError::Timeout {
+                    url: redact_url(&self.repo.spec.url),
+                    after: FETCH_TIMEOUT,
+                })
+            }
+        };
         let commit = match fetched {
             Ok(c) => c,
             Err(e) => {
@@ -181,6 +200,7 @@ impl PollTask {
             return Ok(());
         }
         match self.build(&commit).await {
+            Ok(_) if self.cancel.is_cancelled() => Ok(()),
             Ok(bundles) => {
                 self.fleet.set_repo_bundles(&self.repo.spec.name, bundles)?;
                 info!(commit = %commit, "gitrepo synced");
@@ -245,6 +265,9 @@ impl PollTask {
     }
 
     fn record(&mut self, commit: Option<String>, error: Option<String>) -> Result<(), StoreError> {
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
         let commit = commit.or_else(|| self.repo.status.commit.clone());
         let changed = commit != self.repo.status.commit || error != self.repo.status.error;
         self.repo.status = GitRepoStatus {

@@ -501,3 +501,62 @@ async fn polling_picks_up_new_commits() -> anyhow::Result<()> {
     assert_eq!(listed[0]["error"], "");
     Ok(())
 }
+
+/// Changing a GitRepo's paths rebuilds at the current commit, without a new commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_paths_rebuild_at_the_same_commit() -> anyhow::Result<()> {
+    let fleet = TestFleet::start().await?;
+    let repo = fleet.git.create_repo("apps")?;
+    repo.write("app/config.yaml", CONFIG_MAP)?;
+    repo.write(
+        "other/config.yaml",
+        &CONFIG_MAP.replace("settings", "other"),
+    )?;
+    repo.commit("two bundles")?;
+    let url = fleet.git.http_url("apps");
+    fleet.add_repo("apps", &url, &["app"]).await?;
+    let ids = |s: &flotilla_proto::admin::v1::GetStatusResponse| {
+        let mut v: Vec<String> = s.bundles.iter().map(|b| b.id.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&fleet.status().await?), ["apps/app"]);
+
+    fleet
+        .cli(&[
+            "repo", "add", "apps", &url, "--path", "app", "--path", "other",
+        ])
+        .await?;
+    fleet.sync("apps").await?;
+    assert_eq!(ids(&fleet.status().await?), ["apps/app", "apps/other"]);
+    fleet
+        .cli(&["repo", "add", "apps", &url, "--path", "other"])
+        .await?;
+    fleet.sync("apps").await?;
+    assert_eq!(ids(&fleet.status().await?), ["apps/other"]);
+    Ok(())
+}
+
+/// Credentials in a GitRepo URL never show in listings, errors or logs' status fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_a_url_stay_hidden() -> anyhow::Result<()> {
+    let fleet = TestFleet::start().await?;
+    let repo = fleet.git.create_repo("apps")?;
+    repo.write("app/config.yaml", CONFIG_MAP)?;
+    repo.commit("first")?;
+    // Port 9 (discard) on loopback: nothing listens, so the fetch fails and its error is shown.
+    let url = "http://deployer:s3cr3t@127.0.0.1:9/apps.git";
+    fleet
+        .cli(&["repo", "add", "apps", url, "--path", "app"])
+        .await?;
+    let err = fleet
+        .cli(&["repo", "sync", "apps"])
+        .await
+        .expect_err("nothing listens there");
+    let listed = fleet.cli(&["repo", "list", "-o", "json"]).await?;
+    for text in [listed.as_str(), &format!("{err:#}")] {
+        assert!(!text.contains("s3cr3t"), "{text}");
+    }
+    assert!(listed.contains("***@127.0.0.1"), "{listed}");
+    Ok(())
+}
