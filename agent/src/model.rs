@@ -87,10 +87,13 @@ impl std::fmt::Display for ObjectRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Inventory {
     pub deployment_id: String,
-    /// The content hash last applied completely; empty while only objects are known.
+    /// The content hash the cluster holds: set when a run of it settled (everything applied,
+    /// or only failures that need a new commit), empty while another content is being applied
+    /// or a run still needs retries. `Hello` reports it, so an empty one is sent again.
     pub content_hash: String,
+    /// The revision of `spec`.
     pub revision: String,
-    /// The deployment last applied, when there was one.
+    /// The deployment last applied (possibly not completely), when there was one.
     pub spec: Option<Deployment>,
     /// Everything the agent may own for this deployment, in apply order.
     pub objects: Vec<ObjectRef>,

@@ -248,6 +248,23 @@ pub(crate) fn to_prune(previous: &[ObjectRef], desired: &[ObjectRef]) -> Vec<Obj
         .collect()
 }
 
+/// Whether a manifest whose kind discovery could not resolve may denote `object` (an entry of
+/// the previous inventory): same group, kind and name, in the namespace it would settle to.
+/// Without its scope, that is its own namespace (or, naming none, the default one) if the kind
+/// is namespaced, or none if it is cluster-scoped. Prune must spare such objects: a bundle that
+/// still lists them wants them, whatever the cluster serves today.
+pub(crate) fn may_denote(head: &ManifestHead, default_namespace: &str, object: &ObjectRef) -> bool {
+    let namespace = if head.namespace.is_empty() {
+        effective_default_namespace(default_namespace)
+    } else {
+        &head.namespace
+    };
+    group_of(&head.api_version) == object.group()
+        && head.kind == object.kind
+        && head.name == object.name
+        && (object.namespace.is_empty() || object.namespace == namespace)
+}
+
 /// `a ∪ b` by object identity, keeping `a`'s order then `b`'s newcomers; where both name the
 /// same object, `b`'s apiVersion (the newer) is kept.
 pub(crate) fn union(a: &[ObjectRef], b: &[ObjectRef]) -> Vec<ObjectRef> {

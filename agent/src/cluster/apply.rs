@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use kube::Resource;
-use kube::api::{DeleteParams, DynamicObject, GetParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, GetParams, Patch, PatchParams, Preconditions};
 use kube::core::Request;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -65,19 +65,26 @@ impl Cluster {
         }
     }
 
-    /// Deletes one object with background propagation. Already gone is success; an object with
-    /// finalizers may stay a while with a `deletionTimestamp`, which is the server's business.
+    /// Deletes one object, as it was when `read`, with background propagation. The
+    /// DeleteOptions carry `preconditions` with the `uid` and `resourceVersion` of `read`, so
+    /// the server refuses with 409 Conflict ([`ApiError::is_conflict`]) if the object changed
+    /// since (another deployment took it over, say): read it again and decide again. Already
+    /// gone is success; an object with finalizers may stay a while with a
+    /// `deletionTimestamp`, which is the server's business.
     pub async fn delete_object(
         &self,
         r: &Resolved,
         namespace: &str,
         name: &str,
+        read: &Value,
     ) -> Result<(), ApiError> {
         let request = Request::new(collection(r, namespace));
+        let params = DeleteParams {
+            preconditions: Some(preconditions(read)),
+            ..DeleteParams::background()
+        };
         match self
-            .call(Retry::Transient, || {
-                request.delete(name, &DeleteParams::background())
-            })
+            .call(Retry::Transient, || request.delete(name, &params))
             .await
         {
             Ok(_) => Ok(()),
@@ -135,6 +142,20 @@ impl Cluster {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+/// Delete preconditions that hold only for the object exactly as `read`.
+fn preconditions(read: &Value) -> Preconditions {
+    let field = |f: &str| {
+        read.pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    Preconditions {
+        uid: field("uid"),
+        resource_version: field("resourceVersion"),
     }
 }
 

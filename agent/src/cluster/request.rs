@@ -53,6 +53,11 @@ impl ApiError {
         self.code == 404
     }
 
+    /// 409: an apply conflict, or a delete whose preconditions no longer hold.
+    pub fn is_conflict(&self) -> bool {
+        self.code == 409
+    }
+
     /// Worth sending again: no answer, throttled, or a server-side failure.
     pub fn is_transient(&self) -> bool {
         self.code == 0 || self.code == 429 || self.code >= 500

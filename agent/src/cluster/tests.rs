@@ -126,7 +126,10 @@ async fn unserved_kinds_answer_plain_text_404_and_resolve_to_none() {
         namespaced: true,
     };
     assert_eq!(cluster.get_object(&widget, "web", "w").await.unwrap(), None);
-    cluster.delete_object(&widget, "web", "w").await.unwrap();
+    cluster
+        .delete_object(&widget, "web", "w", &json!({}))
+        .await
+        .unwrap();
     let e = cluster
         .apply_object(&widget, "web", "w", &json!({}), Retry::Transient)
         .await
@@ -135,7 +138,7 @@ async fn unserved_kinds_answer_plain_text_404_and_resolve_to_none() {
 }
 
 #[tokio::test]
-async fn deletes_propagate_in_the_background() {
+async fn deletes_propagate_in_the_background_and_only_hit_the_object_as_read() {
     let api = FakeApi::start(|r| match r.path() {
         "/api/v1" => Reply::json(200, core_v1()),
         _ => Reply::json(200, json!({"kind": "Status", "status": "Success"})),
@@ -144,7 +147,8 @@ async fn deletes_propagate_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = api.cluster(dir.path()).await;
     let r = cluster.resolve("v1", "ConfigMap").await.unwrap().unwrap();
-    cluster.delete_object(&r, "web", "c").await.unwrap();
+    let read = json!({"metadata": {"name": "c", "uid": "u-1", "resourceVersion": "42"}});
+    cluster.delete_object(&r, "web", "c", &read).await.unwrap();
     let delete = api
         .requests()
         .into_iter()
@@ -152,6 +156,10 @@ async fn deletes_propagate_in_the_background() {
         .unwrap();
     assert_eq!(delete.path(), "/api/v1/namespaces/web/configmaps/c");
     assert_eq!(delete.json()["propagationPolicy"], "Background");
+    assert_eq!(
+        delete.json()["preconditions"],
+        json!({"uid": "u-1", "resourceVersion": "42"})
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The agent's side of the hub connection: the only code that sees the wire types.
 //!
 //! One long-lived `Connect` stream at a time, over mTLS. Each session says `Hello` (agent and
-//! Kubernetes versions, the deployments held per the inventory), then answers `Ping`s,
+//! Kubernetes versions, the deployments held: per the inventories and the reconciler's current
+//! targets, see [`held`]), then answers `Ping`s,
 //! fetches the manifests of new deployments, hands them to the reconciler, `Ack`s them, and
 //! sends status changes in coalesced batches (at most one report per ~100 ms, only when
 //! something changed). When a session ends the client reconnects forever with exponential
@@ -161,18 +162,17 @@ impl HubClient {
     }
 
     async fn hello(&self) -> Result<pb::AgentMessage, SessionError> {
-        let held: Vec<pb::HeldDeployment> = self
+        // Targets first: until this session dispatches, they only change by a worker that ends
+        // after deleting its inventory, so the list below cannot show one the targets missed.
+        let targets = self.reconciler.targets();
+        let inventories = self
             .cluster
             .list_inventories()
             .await
-            .map_err(SessionError::Cluster)?
+            .map_err(SessionError::Cluster)?;
+        let held: Vec<pb::HeldDeployment> = held(inventories, targets)
             .into_iter()
-            .map(|inv| {
-                convert::held_to_proto(HeldDeployment {
-                    deployment_id: inv.deployment_id,
-                    content_hash: inv.content_hash,
-                })
-            })
+            .map(convert::held_to_proto)
             .collect();
         let kubernetes_version = self.cluster.server_version().await.unwrap_or_else(|e| {
             warn!(error = %e, "could not read the Kubernetes version");
@@ -364,6 +364,34 @@ impl HubClient {
     }
 }
 
+/// What `Hello` reports as held: every inventory, and every deployment the reconciler has a
+/// target for, even one not recorded yet (received, but queued behind other applies). The
+/// current target wins over an inventory of the same id: one being applied is reported with
+/// the content the worker is applying (the hub then resends nothing, or a newer content, or a
+/// Removal), and one being removed is not reported at all (so the hub sends it again if it
+/// wants it after all, instead of letting the removal finish unnoticed).
+fn held(
+    inventories: Vec<crate::model::Inventory>,
+    targets: Vec<(String, Option<String>)>,
+) -> Vec<HeldDeployment> {
+    let mut held: std::collections::BTreeMap<String, String> = inventories
+        .into_iter()
+        .map(|inv| (inv.deployment_id, inv.content_hash))
+        .collect();
+    for (id, target) in targets {
+        match target {
+            Some(hash) => drop(held.insert(id, hash)),
+            None => drop(held.remove(&id)),
+        }
+    }
+    held.into_iter()
+        .map(|(deployment_id, content_hash)| HeldDeployment {
+            deployment_id,
+            content_hash,
+        })
+        .collect()
+}
+
 /// Drops work that a later item of the same batch replaces (a deployment sent twice, or sent
 /// and then removed), so that no manifests are fetched for states already gone.
 fn latest_per_deployment(batch: Vec<Work>) -> Vec<Work> {
@@ -465,6 +493,81 @@ mod tests {
             })
             .collect();
         assert_eq!(kept, ["deploy a 2", "remove b", "deploy c 1"]);
+    }
+
+    #[tokio::test]
+    async fn hello_holds_what_is_queued_and_the_current_target_wins() {
+        use crate::cluster::fake::{FakeApi, Reply};
+        use serde_json::json;
+        use tokio_util::task::TaskTracker;
+
+        let inventory = |id: &str, hash: &str| {
+            json!({"metadata": {"name": crate::plan::inventory_name(id)},
+            "data": {"deploymentId": id, "contentHash": hash, "objects": "[]"}})
+        };
+        let listed = json!({"metadata": {}, "items": [
+            inventory("applying", "old"), inventory("removing", "r"), inventory("settled", "s")]});
+        let api = FakeApi::start(move |r| match r.path() {
+            "/version" => Reply::json(200, json!({"gitVersion": "v1.32.3"})),
+            "/api/v1/namespaces/flotilla-system/configmaps" => Reply::json(200, listed.clone()),
+            // Workers cannot read their inventory yet: they keep their targets, unrecorded.
+            _ => Reply::json(
+                403,
+                json!({"kind": "Status", "code": 403, "reason": "Forbidden", "message": "not yet"}),
+            ),
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = api.cluster(dir.path()).await;
+        let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let board = Arc::new(StatusBoard::default());
+        let reconciler = Reconciler::new(
+            cluster.clone(),
+            board.clone(),
+            BackoffConfig::default(),
+            tracker.clone(),
+            shutdown.clone(),
+        );
+        let target = |id: &str, hash: &str| Desired {
+            deployment: Deployment {
+                deployment_id: id.into(),
+                bundle: id.into(),
+                revision: "r".into(),
+                content_hash: hash.into(),
+                default_namespace: String::new(),
+                manifests: Vec::new(),
+            },
+            manifests: Vec::new(),
+        };
+        reconciler.deploy(target("applying", "new"));
+        reconciler.deploy(target("queued", "q"));
+        reconciler.remove("removing");
+        let client = HubClient {
+            endpoint: Endpoint::from_static("http://127.0.0.1:9"),
+            cluster,
+            reconciler,
+            board,
+            cache: Arc::new(ManifestCache::default()),
+            backoff: BackoffConfig::default(),
+            identity_location: String::new(),
+        };
+        let Some(Out::Hello(hello)) = client.hello().await.unwrap().kind else {
+            panic!("not a Hello");
+        };
+        let held: Vec<(&str, &str)> = hello
+            .held
+            .iter()
+            .map(|h| (h.deployment_id.as_str(), h.content_hash.as_str()))
+            .collect();
+        assert_eq!(
+            held,
+            [("applying", "new"), ("queued", "q"), ("settled", "s")],
+            "queued deployments are held; a removal in progress is not"
+        );
+        assert_eq!(hello.kubernetes_version, "v1.32.3");
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 
     #[test]

@@ -228,3 +228,39 @@ fn union_keeps_order_and_prefers_newer_versions() {
         ]
     );
 }
+
+#[test]
+fn an_unresolved_manifest_denotes_its_object_in_any_version_and_possible_scope() {
+    let head = |api_version: &str, namespace: &str| ManifestHead {
+        api_version: api_version.into(),
+        kind: "Deployment".into(),
+        name: "web".into(),
+        namespace: namespace.into(),
+    };
+    let live = obj("apps/v1", "Deployment", "apps", "web");
+    // A version the server no longer serves still names the same object.
+    assert!(may_denote(&head("apps/v1beta1", ""), "apps", &live));
+    assert!(may_denote(&head("apps/v1beta1", "apps"), "", &live));
+    // Naming no namespace, it lands in the default one ("default" when the bundle sets none).
+    assert!(!may_denote(&head("apps/v1beta1", ""), "", &live));
+    assert!(may_denote(
+        &head("apps/v1beta1", ""),
+        "",
+        &obj("apps/v1", "Deployment", "default", "web")
+    ));
+    // Its scope is unknown: it may be cluster-scoped, whatever namespace it names.
+    assert!(may_denote(
+        &head("apps/v1beta1", "other"),
+        "apps",
+        &obj("apps/v1", "Deployment", "", "web")
+    ));
+    // Another group, kind, name or namespace is another object.
+    assert!(!may_denote(&head("extensions/v1beta1", ""), "apps", &live));
+    assert!(!may_denote(&head("apps/v1beta1", "other"), "apps", &live));
+    let mut other = head("apps/v1beta1", "");
+    other.kind = "StatefulSet".into();
+    assert!(!may_denote(&other, "apps", &live));
+    other = head("apps/v1beta1", "");
+    other.name = "api".into();
+    assert!(!may_denote(&other, "apps", &live));
+}

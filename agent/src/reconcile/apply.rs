@@ -5,6 +5,15 @@
 //! is first widened to old ∪ new), so a crash mid-apply leaks nothing; the inventory is
 //! narrowed to the new set only after apply and prune. One failed object never stops the
 //! others: its API server message becomes its status.
+//!
+//! *Invariant:* an object the bundle still lists is never pruned, even when its kind cannot be
+//! resolved now (a version the server stopped serving, a CRD that went away): prune spares
+//! every inventory entry such a manifest may denote.
+//!
+//! *Invariant:* the inventory's `contentHash` names a content only once a run of it settled
+//! (everything applied, or only failures a new commit must fix). While another content is
+//! being applied, or after a run that still needs retries, it is empty: `Hello` then makes the
+//! hub send the desired state again after a restart, instead of believing it applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +26,7 @@ use crate::cluster::{ApiError, Cluster, Resolved, Retry};
 use crate::model::{Deployment, Desired, Inventory, ObjectRef, ObjectState, ObjectStatus};
 use crate::plan::{
     Category, ManifestHead, apply_order, category, effective_default_namespace, group_of,
-    manifest_head, mark_owned, settle_namespace, to_prune, union,
+    manifest_head, mark_owned, may_denote, settle_namespace, to_prune, union,
 };
 use crate::status::{StatusBoard, summarize};
 
@@ -99,6 +108,7 @@ struct Run<'a> {
     order: Vec<usize>,
     inventory: Inventory,
     /// Discovery failed for some kind: the desired set is not fully known, so nothing is pruned.
+    /// (A kind that discovery answered is not served does not stop prune: see [`Run::spared`].)
     uncertain: bool,
     default_namespace_ready: bool,
     /// CRDs this run applied, by name.
@@ -208,6 +218,16 @@ impl<'a> Run<'a> {
             .collect()
     }
 
+    /// Whether a manifest of this run whose kind is not resolved (not served, or discovery
+    /// failed) may denote `object`, which prune must then leave alone.
+    fn spared(&self, object: &ObjectRef) -> bool {
+        self.items
+            .iter()
+            .filter(|i| i.resolved.is_none())
+            .filter_map(|i| i.head.as_ref())
+            .any(|head| may_denote(head, &self.deployment.default_namespace, object))
+    }
+
     /// Looks up kinds not resolved yet. In the first pass a custom kind that is not served
     /// waits for this run's CRDs; in the second it fails.
     async fn resolve_all(&mut self, first_pass: bool) {
@@ -273,16 +293,24 @@ impl<'a> Run<'a> {
         self.cluster.resolve(&head.api_version, &head.kind).await
     }
 
-    /// Widens the recorded inventory to cover every object about to be applied.
+    /// Widens the recorded inventory to cover every object about to be applied. Once another
+    /// content is being applied the cluster no longer holds the recorded one completely, so
+    /// its content hash is cleared (a restart then has the hub send the desired state again).
     async fn record_ownership(&mut self) -> Result<(), ApiError> {
         let widened = union(&self.inventory.objects, &self.desired_objects());
-        if widened == self.inventory.objects {
-            return Ok(());
-        }
+        let content_hash = if self.inventory.content_hash == self.deployment.content_hash {
+            self.inventory.content_hash.clone()
+        } else {
+            String::new()
+        };
         let next = Inventory {
             objects: widened,
+            content_hash,
             ..self.inventory.clone()
         };
+        if next == self.inventory {
+            return Ok(());
+        }
         self.cluster.write_inventory(&next).await?;
         self.inventory = next;
         Ok(())
@@ -385,13 +413,39 @@ impl<'a> Run<'a> {
             warn!("not pruning: some kinds could not be looked up");
             union(&self.inventory.objects, &desired)
         } else {
-            let gone = to_prune(&self.inventory.objects, &desired);
+            let (spared, gone): (Vec<ObjectRef>, Vec<ObjectRef>) =
+                to_prune(&self.inventory.objects, &desired)
+                    .into_iter()
+                    .partition(|o| self.spared(o));
+            for object in &spared {
+                warn!(%object, "not pruning: the bundle still lists it, but its kind is not served now");
+            }
             let kept = prune_objects(self.cluster, &self.deployment.deployment_id, gone).await;
-            union(&desired, &kept)
+            // Still owned, in the order they were recorded.
+            let left: Vec<ObjectRef> = self
+                .inventory
+                .objects
+                .iter()
+                .filter(|o| kept.contains(o) || spared.contains(o))
+                .cloned()
+                .collect();
+            union(&desired, &left)
         };
+        let failed: Vec<&Item> = self
+            .items
+            .iter()
+            .filter(|i| i.state == ObjectState::Failed)
+            .collect();
+        let settled = failed.iter().all(|i| !i.worth_retrying) && objects.len() == desired.len();
+        let failed = failed.len();
         let next = Inventory {
             deployment_id: self.deployment.deployment_id.clone(),
-            content_hash: self.deployment.content_hash.clone(),
+            // Only a settled run may claim its content: see the module's invariant.
+            content_hash: if settled {
+                self.deployment.content_hash.clone()
+            } else {
+                String::new()
+            },
             revision: self.deployment.revision.clone(),
             spec: Some(self.deployment.clone()),
             objects,
@@ -404,14 +458,7 @@ impl<'a> Run<'a> {
         }
         self.inventory = next;
         let status = self.summary();
-        let failed: Vec<&Item> = self
-            .items
-            .iter()
-            .filter(|i| i.state == ObjectState::Failed)
-            .collect();
-        let settled = failed.iter().all(|i| !i.worth_retrying)
-            && self.inventory.objects.len() == desired.len();
-        info!(revision = %self.deployment.revision, objects = self.items.len(), failed = failed.len(), "applied");
+        info!(revision = %self.deployment.revision, objects = self.items.len(), failed, settled, "applied");
         board.publish(status);
         (self.inventory, settled)
     }

@@ -86,6 +86,22 @@ impl Reconciler {
         })
     }
 
+    /// The current target of every deployment with a worker: `Some(content hash)` for one being
+    /// (or to be) applied, `None` for one being removed. This covers deployments received but
+    /// not yet recorded in an inventory (queued for a permit, say), which `Hello` must report.
+    pub fn targets(&self) -> Vec<(String, Option<String>)> {
+        self.workers()
+            .iter()
+            .map(|(id, tx)| {
+                let hash = match &*tx.borrow() {
+                    Target::Apply(d) => Some(d.deployment.content_hash.clone()),
+                    Target::Remove => None,
+                };
+                (id.clone(), hash)
+            })
+            .collect()
+    }
+
     /// Makes `desired` the state to apply for its deployment.
     pub fn deploy(&self, desired: Desired) {
         let id = desired.deployment.deployment_id.clone();
@@ -173,6 +189,11 @@ impl Worker {
         let Ok(_permit) = inner.permits.acquire().await else {
             return Step::Done;
         };
+        // Replaced while queued (a newer content, or a removal): do the latest instead, without
+        // touching the cluster for this one.
+        if self.rx.has_changed().unwrap_or(false) {
+            return Step::Done;
+        }
         let inventory = match self.inventory.take() {
             Some(inv) => inv,
             None => match inner.cluster.read_inventory(&self.id).await {

@@ -366,3 +366,343 @@ async fn custom_resources_wait_for_discovery_to_catch_up_with_their_crd() {
             .contains_key("/apis/example.com/v1/namespaces/apps/widgets/w")
     );
 }
+
+fn stored_content_hash(store: &Store) -> Value {
+    let path = format!(
+        "/api/v1/namespaces/flotilla-system/configmaps/{}",
+        inventory_name("apps/app")
+    );
+    store.lock().unwrap()[&path]["data"]["contentHash"].clone()
+}
+
+#[tokio::test]
+async fn an_object_whose_kind_is_not_served_any_more_is_not_pruned() {
+    let (api, store, cluster, _dir) = fake().await;
+    let board = StatusBoard::default();
+    let first = vec![
+        ("d.yaml#0", deployment("web")),
+        ("c.yaml#0", config_map("settings")),
+    ];
+    let (inventory, settled) = apply::run(
+        &cluster,
+        &board,
+        &desired("r1", &first),
+        empty_inventory(),
+        true,
+        &|| false,
+    )
+    .await;
+    assert!(settled);
+    // The commit moves the Deployment to a version this server does not serve.
+    let mut moved = deployment("web");
+    moved["apiVersion"] = json!("apps/v1beta1");
+    let second = vec![("d.yaml#0", moved), ("c.yaml#0", config_map("settings"))];
+    let (inventory, settled) = apply::run(
+        &cluster,
+        &board,
+        &desired("r2", &second),
+        inventory,
+        true,
+        &|| false,
+    )
+    .await;
+
+    assert!(
+        store
+            .lock()
+            .unwrap()
+            .contains_key("/apis/apps/v1/namespaces/apps/deployments/web"),
+        "the running Deployment is still listed by the bundle: it must not be pruned"
+    );
+    assert!(!api.requests().iter().any(|r| r.method == "DELETE"));
+    let recorded: Vec<_> = inventory
+        .objects
+        .iter()
+        .map(|o| (o.api_version.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(
+        recorded,
+        [("v1", "settings"), ("apps/v1", "web")],
+        "still owned, as last applied, in apply order"
+    );
+    assert!(!settled, "the server may serve the version again: retry");
+    let status = board.take_pending().pop().unwrap();
+    assert_eq!(
+        (status.state, status.message.as_str()),
+        (
+            DeploymentState::ErrApplied,
+            "d.yaml#0: Deployment/web: the cluster does not serve Deployment in apps/v1beta1"
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_content_hash_is_recorded_only_once_a_run_settled() {
+    let (_api, store, cluster, _dir) = fake().await;
+    let board = StatusBoard::default();
+    let first = vec![("c.yaml#0", config_map("settings"))];
+    let (inventory, settled) = apply::run(
+        &cluster,
+        &board,
+        &desired("r1", &first),
+        empty_inventory(),
+        true,
+        &|| false,
+    )
+    .await;
+    assert!(settled);
+    assert_eq!(inventory.content_hash, "hash-r1");
+    assert_eq!(stored_content_hash(&store), "hash-r1");
+
+    // Applying another content starts by saying the cluster no longer holds r1 completely: a
+    // crash from here on must not let Hello claim r1 (the hub would not resend r1 if Git went
+    // back to it).
+    let widget =
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
+    let second = vec![
+        ("c.yaml#0", config_map("settings")),
+        ("w.yaml#0", widget.clone()),
+    ];
+    let (inventory, _) = apply::run(
+        &cluster,
+        &board,
+        &desired("r2", &second),
+        inventory,
+        false,
+        &|| true,
+    )
+    .await;
+    assert_eq!(inventory.content_hash, "");
+    assert_eq!(stored_content_hash(&store), "");
+
+    // The Widget's CRD is missing: a retryable failure. After a restart the hub must send r2
+    // again, so r2 is not recorded as held.
+    let (inventory, settled) = apply::run(
+        &cluster,
+        &board,
+        &desired("r2", &second),
+        inventory,
+        true,
+        &|| false,
+    )
+    .await;
+    assert!(!settled);
+    assert_eq!(inventory.content_hash, "");
+    assert_eq!(stored_content_hash(&store), "");
+    let listed = cluster.list_inventories().await.unwrap();
+    assert_eq!(
+        (listed.len(), listed[0].content_hash.as_str()),
+        (1, ""),
+        "Hello reports nothing applied completely"
+    );
+    assert_eq!(
+        inventory.revision, "r2",
+        "the inventory still tells what was applied"
+    );
+
+    // Another bundle installs the CRD; the retry settles and records r2.
+    store.lock().unwrap().insert(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com".into(),
+        json!({}),
+    );
+    let (inventory, settled) = apply::run(
+        &cluster,
+        &board,
+        &desired("r2", &second),
+        inventory,
+        false,
+        &|| false,
+    )
+    .await;
+    assert!(settled);
+    assert_eq!(inventory.content_hash, "hash-r2");
+    assert_eq!(stored_content_hash(&store), "hash-r2");
+    assert_eq!(inventory.objects.len(), 2);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_still_records_the_content_hash() {
+    let (_api, store, cluster, _dir) = fake().await;
+    let board = StatusBoard::default();
+    let bundle = vec![
+        ("c.yaml#0", config_map("settings")),
+        ("d.yaml#0", deployment("Bad_Name")),
+    ];
+    let (inventory, settled) = apply::run(
+        &cluster,
+        &board,
+        &desired("r1", &bundle),
+        empty_inventory(),
+        true,
+        &|| false,
+    )
+    .await;
+    assert!(settled, "only a new commit can fix a 422");
+    assert_eq!(inventory.content_hash, "hash-r1");
+    assert_eq!(stored_content_hash(&store), "hash-r1");
+}
+
+#[tokio::test]
+async fn a_removal_of_a_queued_deployment_applies_nothing_and_ends_its_worker() {
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    let (api, store, cluster, _dir) = fake().await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let reconciler = super::Reconciler::new(
+        cluster,
+        Arc::new(StatusBoard::default()),
+        crate::config::BackoffConfig::default(),
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    // Every apply slot is taken: the deployment is received but waits its turn.
+    let busy = reconciler
+        .inner
+        .permits
+        .acquire_many(super::PARALLEL_APPLIES as u32)
+        .await
+        .unwrap();
+    reconciler.deploy(desired("r1", &[("c.yaml#0", config_map("settings"))]));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        reconciler.targets(),
+        [("apps/app".to_string(), Some("hash-r1".to_string()))]
+    );
+    // The hub removes it before its turn: nothing may be applied, and the worker ends.
+    reconciler.remove("apps/app");
+    drop(busy);
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !reconciler.targets().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the worker ends after the removal");
+    let writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path().to_string())
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a removed deployment is not applied first: {writes:?}"
+    );
+    assert!(
+        store.lock().unwrap().is_empty(),
+        "nothing applied, no inventory left"
+    );
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// A fake API server holding one ConfigMap `moved` owned by `apps/app` (uid `u-1`,
+/// resourceVersion `1`). Right after the first read, the object is re-applied (resourceVersion
+/// `2`) with its ownership annotation naming `then_owner`, as another bundle's apply racing
+/// with prune would. DELETE honours `preconditions` as a real API server does (409 Conflict).
+async fn racing_object(then_owner: &'static str) -> (FakeApi, Store, Cluster, tempfile::TempDir) {
+    use crate::cluster::fake::Reply;
+
+    let path = "/api/v1/namespaces/apps/configmaps/moved";
+    let owned = |owner: &str, rv: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "moved", "namespace": "apps",
+        "uid": "u-1", "resourceVersion": rv, "annotations": {DEPLOYMENT_ID_ANNOTATION: owner}}})
+    };
+    let store: Store = Arc::default();
+    store
+        .lock()
+        .unwrap()
+        .insert(path.into(), owned("apps/app", "1"));
+    let s = store.clone();
+    let api = FakeApi::start(move |r| {
+        let mut objects = s.lock().unwrap();
+        match (r.method.as_str(), r.path()) {
+            ("GET", "/api/v1") => Reply::json(
+                200,
+                json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                {"name": "configmaps", "kind": "ConfigMap", "namespaced": true}]}),
+            ),
+            ("GET", p) if p == path => match objects.get(path).cloned() {
+                Some(live) => {
+                    if live["metadata"]["resourceVersion"] == "1" {
+                        objects.insert(path.into(), owned(then_owner, "2"));
+                    }
+                    Reply::json(200, live)
+                }
+                None => Reply::text(404, "not found"),
+            },
+            ("DELETE", p) if p == path => {
+                let live = objects[path].clone();
+                let pre = &r.json()["preconditions"];
+                let holds = |f: &str| pre.get(f).is_none_or(|want| *want == live["metadata"][f]);
+                if holds("uid") && holds("resourceVersion") {
+                    objects.remove(path);
+                    Reply::json(200, json!({"kind": "Status", "status": "Success"}))
+                } else {
+                    Reply::json(
+                        409,
+                        json!({"kind": "Status", "status": "Failure", "code": 409, "reason": "Conflict",
+                        "message": "Precondition failed: ResourceVersion in precondition: 1, ResourceVersion in object meta: 2"}),
+                    )
+                }
+            }
+            _ => Reply::text(500, "unexpected"),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = api.cluster(dir.path()).await;
+    (api, store, cluster, dir)
+}
+
+fn moved_ref() -> ObjectRef {
+    ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: "apps".into(),
+        name: "moved".into(),
+    }
+}
+
+#[tokio::test]
+async fn prune_never_deletes_an_object_taken_over_after_it_was_read() {
+    let (api, store, cluster, _dir) = racing_object("apps/other").await;
+    let kept = prune::prune_objects(&cluster, "apps/app", vec![moved_ref()]).await;
+    assert!(kept.is_empty(), "not ours any more: settled");
+    assert!(
+        store
+            .lock()
+            .unwrap()
+            .contains_key("/api/v1/namespaces/apps/configmaps/moved"),
+        "the other deployment's object survives"
+    );
+    let requests = api.requests();
+    let deletes: Vec<_> = requests.iter().filter(|r| r.method == "DELETE").collect();
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(
+        deletes[0].json()["preconditions"],
+        json!({"uid": "u-1", "resourceVersion": "1"})
+    );
+    let reads = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path().ends_with("/moved"))
+        .count();
+    assert_eq!(reads, 2, "read again after the 409");
+}
+
+#[tokio::test]
+async fn prune_reads_again_and_deletes_an_object_still_ours_that_changed() {
+    let (api, store, cluster, _dir) = racing_object("apps/app").await;
+    let kept = prune::prune_objects(&cluster, "apps/app", vec![moved_ref()]).await;
+    assert!(kept.is_empty());
+    assert!(store.lock().unwrap().is_empty(), "still ours: deleted");
+    let preconditions: Vec<Value> = api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.json()["preconditions"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(preconditions, [json!("1"), json!("2")]);
+}
