@@ -13,7 +13,7 @@
 //! Durable facts go to the store on change (registration, bundle builds, status changes);
 //! connection state and last-seen times are memory only, so heartbeats never write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::Notify;
@@ -36,6 +36,9 @@ struct ClusterEntry {
     presence: Presence,
     /// Fired when this cluster's desired deployments change.
     changed: Arc<Notify>,
+    /// Bundles whose desired content changed since the stream last looked, so a commit
+    /// costs each stream the bundles it changed, not all the cluster runs.
+    pending: HashSet<BundleId>,
     /// The live stream's session, cancelled when a newer stream replaces it.
     session: Option<(u64, CancellationToken)>,
 }
@@ -209,6 +212,41 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// Everything `cluster` should run, forgetting pending changes: a stream's full sync.
+    pub fn full_sync(&self, cluster: ClusterId) -> Vec<(BundleId, Arc<BundleContent>)> {
+        let mut st = self.write();
+        if let Some(e) = st.clusters.get_mut(&cluster) {
+            e.pending.clear();
+        }
+        st.desired
+            .get(&cluster)
+            .map(|d| d.iter().map(|(b, c)| (b.clone(), c.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The bundles of `cluster` that changed since the last call (or full sync), each with
+    /// its desired content, or None when the cluster should no longer run it.
+    /// Only the cluster's current stream may take them: a replaced one gets nothing.
+    pub fn take_changes(&self, session: &Session) -> Vec<(BundleId, Option<Arc<BundleContent>>)> {
+        let cluster = session.cluster;
+        let mut st = self.write();
+        let Some(e) = st.clusters.get_mut(&cluster) else {
+            return Vec::new();
+        };
+        if e.session.as_ref().map(|(id, _)| *id) != Some(session.id) {
+            return Vec::new();
+        }
+        let pending = std::mem::take(&mut e.pending);
+        let desired = st.desired.get(&cluster);
+        pending
+            .into_iter()
+            .map(|b| {
+                let c = desired.and_then(|d| d.get(&b).cloned());
+                (b, c)
+            })
+            .collect()
+    }
+
     /// Replace the bundles of Git repository `repo` with `bundles` (the repo's complete set at
     /// its newest commit). Only bundles whose content changed reach the clusters.
     pub fn set_repo_bundles(&self, repo: &str, bundles: Vec<Bundle>) -> Result<(), StoreError> {
@@ -342,6 +380,7 @@ fn insert_cluster(st: &mut State, cluster: Cluster) {
             cluster,
             presence: Presence::default(),
             changed,
+            pending: HashSet::new(),
             session: None,
         },
     );
@@ -355,7 +394,7 @@ fn retarget(
     content: Option<Arc<BundleContent>>,
 ) -> Result<(), StoreError> {
     let bundle = st.bundles.get(id).cloned();
-    for (cluster_id, entry) in &st.clusters {
+    for (cluster_id, entry) in &mut st.clusters {
         let desired = st.desired.entry(*cluster_id).or_default();
         let wanted = match (&bundle, &content) {
             (Some(b), Some(c)) if targets(b, &entry.cluster) => Some(c.clone()),
@@ -370,6 +409,7 @@ fn retarget(
                 st.status.remove(&(*cluster_id, id.clone()));
                 store.delete_status(*cluster_id, id)?;
             }
+            entry.pending.insert(id.clone());
             entry.changed.notify_one();
         }
     }

@@ -160,3 +160,41 @@ fn a_taken_name_is_refused_atomically() {
     assert!(!f.add_cluster(cluster("east")).unwrap());
     assert_eq!(f.clusters().len(), 1);
 }
+
+#[tokio::test]
+async fn a_stream_is_told_only_the_bundles_that_changed() {
+    let (_dir, f) = fleet();
+    let east = cluster("east");
+    f.add_cluster(east.clone()).unwrap();
+    f.set_repo_bundles(
+        "r",
+        vec![bundle("r", "a", "c1", "a1"), bundle("r", "b", "c1", "b1")],
+    )
+    .unwrap();
+    let session = f.connect(east.id).unwrap();
+    assert_eq!(f.full_sync(east.id).len(), 2);
+    assert!(
+        f.take_changes(&session).is_empty(),
+        "a full sync covers what was pending"
+    );
+
+    f.set_repo_bundles(
+        "r",
+        vec![bundle("r", "a", "c2", "a2"), bundle("r", "b", "c2", "b1")],
+    )
+    .unwrap();
+    let changes = f.take_changes(&session);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].0, BundleId::new("r", "a"));
+    assert_eq!(changes[0].1.as_ref().unwrap().revision, "c2");
+
+    f.set_repo_bundles("r", vec![bundle("r", "a", "c2", "a2")])
+        .unwrap();
+    let newer = f.connect(east.id).unwrap();
+    assert!(
+        f.take_changes(&session).is_empty(),
+        "a replaced stream takes nothing"
+    );
+    let changes = f.take_changes(&newer);
+    assert_eq!(changes, vec![(BundleId::new("r", "b"), None)]);
+}

@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Context, authorize_cluster, convert, internal};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Session};
 use crate::model::{
-    BundleId, Cluster, ClusterId, ContentHash, RegistrationToken, is_dns_label, unix_now,
+    BundleContent, BundleId, Cluster, ClusterId, ContentHash, RegistrationToken, is_dns_label,
+    unix_now,
 };
 
 /// How long an agent has to say Hello after opening its stream.
@@ -265,7 +266,7 @@ impl AgentStream {
                     let _ = self.tx.send(Err(Status::aborted("a newer stream from this cluster replaced this one"))).await;
                     break;
                 }
-                _ = session.changed.notified() => self.sync().await,
+                _ = session.changed.notified() => self.send_changes(&session).await,
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => self.handle(m),
                     Ok(None) => break,
@@ -282,7 +283,7 @@ impl AgentStream {
 
     /// Send what differs between what the agent holds and what it should run.
     async fn sync(&mut self) -> Result<(), Closed> {
-        let desired = self.fleet.desired(self.cluster);
+        let desired = self.fleet.full_sync(self.cluster);
         let wanted: HashSet<&BundleId> = desired.iter().map(|(b, _)| b).collect();
         let gone: Vec<BundleId> = self
             .sent
@@ -291,22 +292,44 @@ impl AgentStream {
             .cloned()
             .collect();
         for id in gone {
-            self.sent.remove(&id);
-            self.send(wire::hub_message::Kind::Remove(wire::Removal {
-                deployment_id: id.0,
-            }))
-            .await?;
+            self.remove(id).await?;
         }
-        for (id, content) in &desired {
-            if self.sent.get(id) != Some(&content.content_hash) {
-                self.sent.insert(id.clone(), content.content_hash.clone());
-                self.send(wire::hub_message::Kind::Deploy(convert::deployment(
-                    id, content,
-                )))
-                .await?;
+        for (id, content) in desired {
+            self.deploy(id, &content).await?;
+        }
+        Ok(())
+    }
+
+    /// Send what changed since the last look: the bundles the fleet index marked.
+    async fn send_changes(&mut self, session: &Session) -> Result<(), Closed> {
+        for (id, content) in self.fleet.take_changes(session) {
+            match content {
+                Some(c) => self.deploy(id, &c).await?,
+                None => self.remove(id).await?,
             }
         }
         Ok(())
+    }
+
+    async fn deploy(&mut self, id: BundleId, content: &BundleContent) -> Result<(), Closed> {
+        if self.sent.get(&id) == Some(&content.content_hash) {
+            return Ok(());
+        }
+        self.sent.insert(id.clone(), content.content_hash.clone());
+        self.send(wire::hub_message::Kind::Deploy(convert::deployment(
+            &id, content,
+        )))
+        .await
+    }
+
+    async fn remove(&mut self, id: BundleId) -> Result<(), Closed> {
+        if self.sent.remove(&id).is_none() {
+            return Ok(());
+        }
+        self.send(wire::hub_message::Kind::Remove(wire::Removal {
+            deployment_id: id.0,
+        }))
+        .await
     }
 
     fn handle(&mut self, msg: wire::AgentMessage) -> Result<(), Closed> {
