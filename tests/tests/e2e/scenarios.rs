@@ -560,3 +560,46 @@ async fn credentials_in_a_url_stay_hidden() -> anyhow::Result<()> {
     assert!(listed.contains("***@127.0.0.1"), "{listed}");
     Ok(())
 }
+
+/// A custom resource listed before its CRD is applied once the CRD is Established.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_wait_for_their_crd() -> anyhow::Result<()> {
+    const CR: &str = "apiVersion: example.com/v1
+kind: Widget
+metadata:
+  name: gear
+spec:
+  size: 3
+";
+    const CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+";
+    let bundle = format!("{CR}---\n{CRD}");
+    let OneCluster { kube, status, .. } =
+        one_cluster_ready(&[("app/widgets.yaml", &bundle)], GitServer::http_url).await?;
+    let d = TestFleet::deployment(&status, "east", "apps/app").unwrap();
+    assert_eq!(d.objects.len(), 2);
+    let gear = kube
+        .get_object("example.com/v1", "Widget", Some("default"), "gear")
+        .expect("custom resource applied");
+    assert_eq!(gear["spec"]["size"], 3);
+    Ok(())
+}
