@@ -265,6 +265,47 @@ impl Harness {
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
+
+    /// Starts the agent (with `token`, if any) against this harness.
+    async fn spawn_agent(&self, token: Option<&str>) -> RunningAgent {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(crate::run(self.config(token).await, stop.clone()));
+        RunningAgent { stop, task }
+    }
+}
+
+/// An agent spawned by [`Harness::spawn_agent`].
+struct RunningAgent {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+}
+
+impl RunningAgent {
+    /// Cancels the agent and requires it to end cleanly within the deadline.
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+// Pickers for [`Harness::expect`]: each accepts one kind of event.
+
+fn registered(s: Seen) -> Option<String> {
+    match s {
+        Seen::Registered(n) => Some(n),
+        _ => None,
+    }
+}
+
+fn fetch_hashes(s: Seen) -> Option<Vec<String>> {
+    match s {
+        Seen::Fetch(f) => Some(f),
+        _ => None,
+    }
 }
 
 fn hello(s: Seen) -> Option<pb::Hello> {
@@ -274,31 +315,32 @@ fn hello(s: Seen) -> Option<pb::Hello> {
     }
 }
 
+fn pong_nonce(s: Seen) -> Option<u64> {
+    match s {
+        Seen::Message(Out::Pong(p)) => Some(p.nonce),
+        _ => None,
+    }
+}
+
+fn acked(s: Seen) -> Option<pb::Ack> {
+    match s {
+        Seen::Message(Out::Ack(a)) => Some(a),
+        _ => None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_deploys_reports_removes_and_restarts_without_a_token() {
     let mut h = Harness::start().await;
-    let stop = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(h.config(Some("good")).await, stop.clone()));
+    let agent = h.spawn_agent(Some("good")).await;
 
-    assert_eq!(
-        h.expect("registration", |s| match s {
-            Seen::Registered(n) => Some(n),
-            _ => None,
-        })
-        .await,
-        "edge-1"
-    );
+    assert_eq!(h.expect("registration", registered).await, "edge-1");
     let first = h.expect("hello", hello).await;
     assert!(first.held.is_empty());
     assert_eq!(first.agent_version, env!("CARGO_PKG_VERSION"));
 
     h.send(In::Ping(pb::Ping { nonce: 7 })).await;
-    let pong = h
-        .expect("pong", |s| match s {
-            Seen::Message(Out::Pong(p)) => Some(p.nonce),
-            _ => None,
-        })
-        .await;
+    let pong = h.expect("pong", pong_nonce).await;
     assert_eq!(pong, 7);
 
     let cm = h.offer(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"a": "1"}}));
@@ -312,22 +354,12 @@ async fn registers_deploys_reports_removes_and_restarts_without_a_token() {
         manifests: vec![cm.clone(), web.clone()],
     };
     h.send(In::Deploy(deploy.clone())).await;
-    let mut fetched = h
-        .expect("fetch", |s| match s {
-            Seen::Fetch(f) => Some(f),
-            _ => None,
-        })
-        .await;
+    let mut fetched = h.expect("fetch", fetch_hashes).await;
     fetched.sort();
     let mut wanted = vec![cm.hash.clone(), web.hash.clone()];
     wanted.sort();
     assert_eq!(fetched, wanted);
-    let ack = h
-        .expect("ack", |s| match s {
-            Seen::Message(Out::Ack(a)) => Some(a),
-            _ => None,
-        })
-        .await;
+    let ack = h.expect("ack", acked).await;
     assert_eq!(
         (ack.deployment_id.as_str(), ack.content_hash.as_str()),
         ("apps/app", "h1")
@@ -360,22 +392,15 @@ async fn registers_deploys_reports_removes_and_restarts_without_a_token() {
     let again = h
         .expect("second ack", |s| match s {
             Seen::Fetch(_) => panic!("nothing should be fetched for a resend"),
-            Seen::Message(Out::Ack(a)) => Some(a),
-            _ => None,
+            s => acked(s),
         })
         .await;
     assert_eq!(again.content_hash, "h1");
 
-    stop.cancel();
-    tokio::time::timeout(DEADLINE, agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await;
 
     // A restart needs no token: the identity is stored, and Hello tells what is held.
-    let stop = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(h.config(None).await, stop.clone()));
+    let agent = h.spawn_agent(None).await;
     let second = h
         .expect("hello after restart", |s| match s {
             Seen::Registered(_) => panic!("a restart must not register again"),
@@ -403,12 +428,7 @@ async fn registers_deploys_reports_removes_and_restarts_without_a_token() {
         })
     })
     .await;
-    stop.cancel();
-    tokio::time::timeout(DEADLINE, agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,15 @@ impl FakeApi {
         self.requests.lock().unwrap().clone()
     }
 
+    /// The paths of the recorded requests with `method`, in the order they came.
+    pub fn paths(&self, method: &str) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method)
+            .map(|r| r.path().to_string())
+            .collect()
+    }
+
     /// A fake that stores what is applied and serves discovery for core/v1 (namespaces,
     /// configmaps), apps/v1 (deployments), CRDs, and `example.com/v1` (widgets) once the CRD
     /// `widgets.example.com` exists (after `lag` more 404s). Names with capitals or `_` are

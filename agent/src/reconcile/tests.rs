@@ -1,6 +1,7 @@
 //! Apply runs, prune and removal against the small stateful fake API server of
 //! `cluster::fake` (objects by path, discovery, a CRD group that appears once its CRD exists).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -9,20 +10,98 @@ use super::{apply, prune};
 use crate::cluster::Cluster;
 use crate::cluster::fake::{FakeApi, Store};
 use crate::model::{
-    Deployment, DeploymentState, Desired, Inventory, ManifestRef, ObjectRef, ObjectState,
+    Deployment, DeploymentState, DeploymentStatus, Desired, Inventory, ManifestRef, ObjectRef,
+    ObjectState,
 };
 use crate::plan::{DEPLOYMENT_ID_ANNOTATION, DEPLOYMENT_LABEL, MANAGED_BY_LABEL, inventory_name};
 use crate::status::StatusBoard;
 
-async fn fake() -> (FakeApi, Store, Cluster, tempfile::TempDir) {
-    fake_with_lag(0).await
+/// A fake API server, the objects it holds, a cluster handle on it (through a kubeconfig kept
+/// in `_dir`) and the status board apply runs report to.
+struct Fixture {
+    api: FakeApi,
+    store: Store,
+    cluster: Cluster,
+    board: StatusBoard,
+    _dir: tempfile::TempDir,
 }
 
-async fn fake_with_lag(lag: usize) -> (FakeApi, Store, Cluster, tempfile::TempDir) {
-    let (api, store) = FakeApi::stateful(lag).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = api.cluster(dir.path()).await;
-    (api, store, cluster, dir)
+impl Fixture {
+    /// Around the stateful fake, whose discovery keeps up with CRDs at once.
+    async fn new() -> Self {
+        Self::with_lag(0).await
+    }
+
+    /// Around the stateful fake, whose discovery of `example.com/v1` lags its CRD by `lag` 404s.
+    async fn with_lag(lag: usize) -> Self {
+        let (api, store) = FakeApi::stateful(lag).await;
+        Self::on(api, store).await
+    }
+
+    /// Around any fake server and the store it answers from.
+    async fn on(api: FakeApi, store: Store) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = api.cluster(dir.path()).await;
+        Self {
+            api,
+            store,
+            cluster,
+            board: StatusBoard::default(),
+            _dir: dir,
+        }
+    }
+
+    /// An ordinary apply run of `bundle` at `revision` over `inventory`: announced, never
+    /// superseded.
+    async fn apply(
+        &self,
+        revision: &str,
+        bundle: &[(&str, Value)],
+        inventory: Inventory,
+    ) -> (Inventory, bool) {
+        self.apply_with(revision, bundle, inventory, true, &|| false)
+            .await
+    }
+
+    /// An apply run with the given `announce` and `superseded`.
+    async fn apply_with(
+        &self,
+        revision: &str,
+        bundle: &[(&str, Value)],
+        inventory: Inventory,
+        announce: bool,
+        superseded: &(dyn Fn() -> bool + Send + Sync),
+    ) -> (Inventory, bool) {
+        apply::run(
+            &self.cluster,
+            &self.board,
+            &desired(revision, bundle),
+            inventory,
+            announce,
+            superseded,
+        )
+        .await
+    }
+
+    /// The latest status published on the board (there must be one).
+    fn last_status(&self) -> DeploymentStatus {
+        self.board.take_pending().pop().unwrap()
+    }
+
+    /// Whether the fake holds an object at `path`.
+    fn holds(&self, path: &str) -> bool {
+        self.store.lock().unwrap().contains_key(path)
+    }
+
+    /// A snapshot of every object the fake holds, by path.
+    fn objects(&self) -> BTreeMap<String, Value> {
+        self.store.lock().unwrap().clone()
+    }
+
+    /// The content hash recorded in the deployment's inventory ConfigMap.
+    fn stored_content_hash(&self) -> Value {
+        self.store.lock().unwrap()[&inventory_path()]["data"]["contentHash"].clone()
+    }
 }
 
 fn desired(revision: &str, manifests: &[(&str, Value)]) -> Desired {
@@ -46,20 +125,40 @@ fn desired(revision: &str, manifests: &[(&str, Value)]) -> Desired {
     }
 }
 
+/// Where the inventory of `apps/app` is kept.
+fn inventory_path() -> String {
+    format!(
+        "/api/v1/namespaces/flotilla-system/configmaps/{}",
+        inventory_name("apps/app")
+    )
+}
+
 fn config_map(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}})
+}
+
+/// An inventory entry for the ConfigMap `name` in `apps`.
+fn config_map_ref(name: &str) -> ObjectRef {
+    ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: "apps".into(),
+        name: name.into(),
+    }
 }
 
 fn deployment(name: &str) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {}})
 }
 
+/// A custom resource whose CRD is `widgets.example.com`.
+fn widget(name: &str) -> Value {
+    json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}})
+}
+
 fn first_bundle() -> Vec<(&'static str, Value)> {
     vec![
-        (
-            "app/widget.yaml#0",
-            json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}),
-        ),
+        ("app/widget.yaml#0", widget("w")),
         ("app/web.yaml#0", deployment("Bad_Name")),
         ("app/config.yaml#0", config_map("settings")),
         (
@@ -74,6 +173,14 @@ fn first_bundle() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// A Deployment `web`, then a ConfigMap `settings`.
+fn web_and_settings() -> Vec<(&'static str, Value)> {
+    vec![
+        ("d.yaml#0", deployment("web")),
+        ("c.yaml#0", config_map("settings")),
+    ]
+}
+
 fn empty_inventory() -> Inventory {
     Inventory {
         deployment_id: "apps/app".into(),
@@ -83,22 +190,11 @@ fn empty_inventory() -> Inventory {
 
 #[tokio::test]
 async fn a_first_apply_orders_marks_defaults_and_reports_the_failure() {
-    let (api, store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
-    let d = desired("r1", &first_bundle());
-    let (inventory, settled) =
-        apply::run(&cluster, &board, &d, empty_inventory(), true, &|| false).await;
+    let f = Fixture::new().await;
+    let (inventory, settled) = f.apply("r1", &first_bundle(), empty_inventory()).await;
 
-    let patches: Vec<String> = api
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PATCH")
-        .map(|r| r.path().to_string())
-        .collect();
-    let inv = format!(
-        "/api/v1/namespaces/flotilla-system/configmaps/{}",
-        inventory_name("apps/app")
-    );
+    let patches = f.api.paths("PATCH");
+    let inv = inventory_path();
     assert_eq!(
         patches,
         [
@@ -115,7 +211,7 @@ async fn a_first_apply_orders_marks_defaults_and_reports_the_failure() {
         ]
     );
 
-    let objects = store.lock().unwrap().clone();
+    let objects = f.objects();
     let cm = &objects["/api/v1/namespaces/apps/configmaps/settings"];
     assert_eq!(cm["metadata"]["namespace"], "apps");
     assert_eq!(cm["metadata"]["labels"][MANAGED_BY_LABEL], "flotilla");
@@ -136,7 +232,7 @@ async fn a_first_apply_orders_marks_defaults_and_reports_the_failure() {
         "the default namespace is not owned"
     );
 
-    let status = board.take_pending().pop().unwrap();
+    let status = f.last_status();
     assert_eq!(status.state, DeploymentState::ErrApplied);
     assert_eq!(status.revision, "r1");
     assert_eq!(
@@ -166,22 +262,10 @@ async fn a_first_apply_orders_marks_defaults_and_reports_the_failure() {
 
 #[tokio::test]
 async fn a_custom_resource_without_its_crd_fails_clearly_and_is_retried() {
-    let (_api, _store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
-    let bundle = vec![(
-        "app/widget.yaml#0",
-        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}),
-    )];
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &bundle),
-        empty_inventory(),
-        true,
-        &|| false,
-    )
-    .await;
-    let status = board.take_pending().pop().unwrap();
+    let f = Fixture::new().await;
+    let bundle = vec![("app/widget.yaml#0", widget("w"))];
+    let (inventory, settled) = f.apply("r1", &bundle, empty_inventory()).await;
+    let status = f.last_status();
     assert_eq!(
         status.message,
         "app/widget.yaml#0: Widget/w: the cluster does not serve Widget in example.com/v1: its CustomResourceDefinition is not installed"
@@ -192,24 +276,15 @@ async fn a_custom_resource_without_its_crd_fails_clearly_and_is_retried() {
 
 #[tokio::test]
 async fn a_new_revision_prunes_what_left_but_only_what_it_owns() {
-    let (api, store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
+    let f = Fixture::new().await;
     let first = vec![
         ("a.yaml#0", config_map("keep")),
         ("b.yaml#0", config_map("drop")),
         ("c.yaml#0", config_map("taken")),
     ];
-    let (inventory, _) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &first),
-        empty_inventory(),
-        true,
-        &|| false,
-    )
-    .await;
+    let (inventory, _) = f.apply("r1", &first, empty_inventory()).await;
     // Someone else takes over "taken": its ownership annotation now names another deployment.
-    store
+    f.store
         .lock()
         .unwrap()
         .get_mut("/api/v1/namespaces/apps/configmaps/taken")
@@ -219,17 +294,9 @@ async fn a_new_revision_prunes_what_left_but_only_what_it_owns() {
         ("a.yaml#0", config_map("keep")),
         ("d.yaml#0", deployment("web")),
     ];
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r2", &second),
-        inventory,
-        true,
-        &|| false,
-    )
-    .await;
+    let (inventory, settled) = f.apply("r2", &second, inventory).await;
     assert!(settled);
-    let objects = store.lock().unwrap().clone();
+    let objects = f.objects();
     assert!(
         !objects.contains_key("/api/v1/namespaces/apps/configmaps/drop"),
         "pruned"
@@ -241,63 +308,29 @@ async fn a_new_revision_prunes_what_left_but_only_what_it_owns() {
     assert!(objects.contains_key("/apis/apps/v1/namespaces/apps/deployments/web"));
     let names: Vec<_> = inventory.objects.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["keep", "web"]);
-    let deletes: Vec<_> = api
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "DELETE")
-        .map(|r| r.path().to_string())
-        .collect();
+    let deletes = f.api.paths("DELETE");
     assert_eq!(deletes, ["/api/v1/namespaces/apps/configmaps/drop"]);
-    assert_eq!(
-        board.take_pending().pop().unwrap().state,
-        DeploymentState::Ready
-    );
+    assert_eq!(f.last_status().state, DeploymentState::Ready);
 }
 
 #[tokio::test]
 async fn removal_prunes_everything_in_reverse_order_then_the_inventory() {
-    let (api, store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
-    let bundle = vec![
-        ("d.yaml#0", deployment("web")),
-        ("c.yaml#0", config_map("settings")),
-    ];
-    let (inventory, _) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &bundle),
-        empty_inventory(),
-        true,
-        &|| false,
-    )
-    .await;
+    let f = Fixture::new().await;
+    let (inventory, _) = f.apply("r1", &web_and_settings(), empty_inventory()).await;
     // An entry whose object is already gone is fine.
     let mut inventory = inventory;
-    inventory.objects.push(ObjectRef {
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        namespace: "apps".into(),
-        name: "gone".into(),
-    });
-    prune::remove(&cluster, inventory).await.unwrap();
-    let deletes: Vec<_> = api
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "DELETE")
-        .map(|r| r.path().to_string())
-        .collect();
+    inventory.objects.push(config_map_ref("gone"));
+    prune::remove(&f.cluster, inventory).await.unwrap();
+    let deletes = f.api.paths("DELETE");
     assert_eq!(
         deletes,
         [
             "/apis/apps/v1/namespaces/apps/deployments/web".to_string(),
             "/api/v1/namespaces/apps/configmaps/settings".into(),
-            format!(
-                "/api/v1/namespaces/flotilla-system/configmaps/{}",
-                inventory_name("apps/app")
-            ),
+            inventory_path(),
         ]
     );
-    let left: Vec<String> = store.lock().unwrap().keys().cloned().collect();
+    let left: Vec<String> = f.objects().into_keys().collect();
     assert_eq!(
         left,
         [
@@ -309,112 +342,60 @@ async fn removal_prunes_everything_in_reverse_order_then_the_inventory() {
 
 #[tokio::test]
 async fn a_superseded_run_stops_between_objects() {
-    let (api, _store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
+    let f = Fixture::new().await;
     let bundle = vec![("a.yaml#0", config_map("a")), ("b.yaml#0", config_map("b"))];
-    let (_, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &bundle),
-        empty_inventory(),
-        false,
-        &|| true,
-    )
-    .await;
+    let (_, settled) = f
+        .apply_with("r1", &bundle, empty_inventory(), false, &|| true)
+        .await;
     assert!(
         settled,
         "the newer state is applied next, not this one retried"
     );
     assert!(
-        !api.requests()
+        !f.api
+            .requests()
             .iter()
             .any(|r| r.path().contains("/configmaps/a"))
     );
     assert!(
-        board.take_pending().is_empty(),
+        f.board.take_pending().is_empty(),
         "nothing is reported for a superseded state"
     );
 }
 
 #[tokio::test]
 async fn custom_resources_wait_for_discovery_to_catch_up_with_their_crd() {
-    let (_api, store, cluster, _dir) = fake_with_lag(2).await;
-    let board = StatusBoard::default();
+    let f = Fixture::with_lag(2).await;
     let bundle: Vec<_> = first_bundle()
         .into_iter()
         .filter(|(_, m)| m["kind"] != "Deployment")
         .collect();
-    let (_, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &bundle),
-        empty_inventory(),
-        true,
-        &|| false,
-    )
-    .await;
-    let status = board.take_pending().pop().unwrap();
+    let (_, settled) = f.apply("r1", &bundle, empty_inventory()).await;
+    let status = f.last_status();
     assert_eq!(
         (status.state, status.message.as_str()),
         (DeploymentState::Ready, "")
     );
     assert!(settled);
-    assert!(
-        store
-            .lock()
-            .unwrap()
-            .contains_key("/apis/example.com/v1/namespaces/apps/widgets/w")
-    );
-}
-
-fn stored_content_hash(store: &Store) -> Value {
-    let path = format!(
-        "/api/v1/namespaces/flotilla-system/configmaps/{}",
-        inventory_name("apps/app")
-    );
-    store.lock().unwrap()[&path]["data"]["contentHash"].clone()
+    assert!(f.holds("/apis/example.com/v1/namespaces/apps/widgets/w"));
 }
 
 #[tokio::test]
 async fn an_object_whose_kind_is_not_served_any_more_is_not_pruned() {
-    let (api, store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
-    let first = vec![
-        ("d.yaml#0", deployment("web")),
-        ("c.yaml#0", config_map("settings")),
-    ];
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &first),
-        empty_inventory(),
-        true,
-        &|| false,
-    )
-    .await;
+    let f = Fixture::new().await;
+    let (inventory, settled) = f.apply("r1", &web_and_settings(), empty_inventory()).await;
     assert!(settled);
     // The commit moves the Deployment to a version this server does not serve.
     let mut moved = deployment("web");
     moved["apiVersion"] = json!("apps/v1beta1");
     let second = vec![("d.yaml#0", moved), ("c.yaml#0", config_map("settings"))];
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r2", &second),
-        inventory,
-        true,
-        &|| false,
-    )
-    .await;
+    let (inventory, settled) = f.apply("r2", &second, inventory).await;
 
     assert!(
-        store
-            .lock()
-            .unwrap()
-            .contains_key("/apis/apps/v1/namespaces/apps/deployments/web"),
+        f.holds("/apis/apps/v1/namespaces/apps/deployments/web"),
         "the running Deployment is still listed by the bundle: it must not be pruned"
     );
-    assert!(!api.requests().iter().any(|r| r.method == "DELETE"));
+    assert!(!f.api.requests().iter().any(|r| r.method == "DELETE"));
     let recorded: Vec<_> = inventory
         .objects
         .iter()
@@ -426,7 +407,7 @@ async fn an_object_whose_kind_is_not_served_any_more_is_not_pruned() {
         "still owned, as last applied, in apply order"
     );
     assert!(!settled, "the server may serve the version again: retry");
-    let status = board.take_pending().pop().unwrap();
+    let status = f.last_status();
     assert_eq!(
         (status.state, status.message.as_str()),
         (
@@ -438,58 +419,33 @@ async fn an_object_whose_kind_is_not_served_any_more_is_not_pruned() {
 
 #[tokio::test]
 async fn the_content_hash_is_recorded_only_once_a_run_settled() {
-    let (_api, store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
+    let f = Fixture::new().await;
     let first = vec![("c.yaml#0", config_map("settings"))];
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &first),
-        empty_inventory(),
-        true,
-        &|| false,
-    )
-    .await;
+    let (inventory, settled) = f.apply("r1", &first, empty_inventory()).await;
     assert!(settled);
     assert_eq!(inventory.content_hash, "hash-r1");
-    assert_eq!(stored_content_hash(&store), "hash-r1");
+    assert_eq!(f.stored_content_hash(), "hash-r1");
 
     // Applying another content starts by saying the cluster no longer holds r1 completely: a
     // crash from here on must not let Hello claim r1 (the hub would not resend r1 if Git went
     // back to it).
-    let widget =
-        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
     let second = vec![
         ("c.yaml#0", config_map("settings")),
-        ("w.yaml#0", widget.clone()),
+        ("w.yaml#0", widget("w")),
     ];
-    let (inventory, _) = apply::run(
-        &cluster,
-        &board,
-        &desired("r2", &second),
-        inventory,
-        false,
-        &|| true,
-    )
-    .await;
+    let (inventory, _) = f
+        .apply_with("r2", &second, inventory, false, &|| true)
+        .await;
     assert_eq!(inventory.content_hash, "");
-    assert_eq!(stored_content_hash(&store), "");
+    assert_eq!(f.stored_content_hash(), "");
 
     // The Widget's CRD is missing: a retryable failure. After a restart the hub must send r2
     // again, so r2 is not recorded as held.
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r2", &second),
-        inventory,
-        true,
-        &|| false,
-    )
-    .await;
+    let (inventory, settled) = f.apply("r2", &second, inventory).await;
     assert!(!settled);
     assert_eq!(inventory.content_hash, "");
-    assert_eq!(stored_content_hash(&store), "");
-    let listed = cluster.list_inventories().await.unwrap();
+    assert_eq!(f.stored_content_hash(), "");
+    let listed = f.cluster.list_inventories().await.unwrap();
     assert_eq!(
         (listed.len(), listed[0].content_hash.as_str()),
         (1, ""),
@@ -501,45 +457,30 @@ async fn the_content_hash_is_recorded_only_once_a_run_settled() {
     );
 
     // Another bundle installs the CRD; the retry settles and records r2.
-    store.lock().unwrap().insert(
+    f.store.lock().unwrap().insert(
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com".into(),
         json!({}),
     );
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r2", &second),
-        inventory,
-        false,
-        &|| false,
-    )
-    .await;
+    let (inventory, settled) = f
+        .apply_with("r2", &second, inventory, false, &|| false)
+        .await;
     assert!(settled);
     assert_eq!(inventory.content_hash, "hash-r2");
-    assert_eq!(stored_content_hash(&store), "hash-r2");
+    assert_eq!(f.stored_content_hash(), "hash-r2");
     assert_eq!(inventory.objects.len(), 2);
 }
 
 #[tokio::test]
 async fn a_permanent_failure_still_records_the_content_hash() {
-    let (_api, store, cluster, _dir) = fake().await;
-    let board = StatusBoard::default();
+    let f = Fixture::new().await;
     let bundle = vec![
         ("c.yaml#0", config_map("settings")),
         ("d.yaml#0", deployment("Bad_Name")),
     ];
-    let (inventory, settled) = apply::run(
-        &cluster,
-        &board,
-        &desired("r1", &bundle),
-        empty_inventory(),
-        true,
-        &|| false,
-    )
-    .await;
+    let (inventory, settled) = f.apply("r1", &bundle, empty_inventory()).await;
     assert!(settled, "only a new commit can fix a 422");
     assert_eq!(inventory.content_hash, "hash-r1");
-    assert_eq!(stored_content_hash(&store), "hash-r1");
+    assert_eq!(f.stored_content_hash(), "hash-r1");
 }
 
 #[tokio::test]
@@ -547,10 +488,10 @@ async fn a_removal_of_a_queued_deployment_applies_nothing_and_ends_its_worker() 
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
-    let (api, store, cluster, _dir) = fake().await;
+    let f = Fixture::new().await;
     let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
     let reconciler = super::Reconciler::new(
-        cluster,
+        f.cluster.clone(),
         Arc::new(StatusBoard::default()),
         crate::config::BackoffConfig::default(),
         tracker.clone(),
@@ -579,20 +520,12 @@ async fn a_removal_of_a_queued_deployment_applies_nothing_and_ends_its_worker() 
     })
     .await
     .expect("the worker ends after the removal");
-    let writes: Vec<_> = api
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PATCH")
-        .map(|r| r.path().to_string())
-        .collect();
+    let writes = f.api.paths("PATCH");
     assert!(
         writes.is_empty(),
         "a removed deployment is not applied first: {writes:?}"
     );
-    assert!(
-        store.lock().unwrap().is_empty(),
-        "nothing applied, no inventory left"
-    );
+    assert!(f.objects().is_empty(), "nothing applied, no inventory left");
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
@@ -602,7 +535,7 @@ async fn a_removal_of_a_queued_deployment_applies_nothing_and_ends_its_worker() 
 /// resourceVersion `1`). Right after the first read, the object is re-applied (resourceVersion
 /// `2`) with its ownership annotation naming `then_owner`, as another bundle's apply racing
 /// with prune would. DELETE honours `preconditions` as a real API server does (409 Conflict).
-async fn racing_object(then_owner: &'static str) -> (FakeApi, Store, Cluster, tempfile::TempDir) {
+async fn racing_object(then_owner: &'static str) -> Fixture {
     use crate::cluster::fake::Reply;
 
     let path = "/api/v1/namespaces/apps/configmaps/moved";
@@ -652,33 +585,19 @@ async fn racing_object(then_owner: &'static str) -> (FakeApi, Store, Cluster, te
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = api.cluster(dir.path()).await;
-    (api, store, cluster, dir)
-}
-
-fn moved_ref() -> ObjectRef {
-    ObjectRef {
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        namespace: "apps".into(),
-        name: "moved".into(),
-    }
+    Fixture::on(api, store).await
 }
 
 #[tokio::test]
 async fn prune_never_deletes_an_object_taken_over_after_it_was_read() {
-    let (api, store, cluster, _dir) = racing_object("apps/other").await;
-    let kept = prune::prune_objects(&cluster, "apps/app", vec![moved_ref()]).await;
+    let f = racing_object("apps/other").await;
+    let kept = prune::prune_objects(&f.cluster, "apps/app", vec![config_map_ref("moved")]).await;
     assert!(kept.is_empty(), "not ours any more: settled");
     assert!(
-        store
-            .lock()
-            .unwrap()
-            .contains_key("/api/v1/namespaces/apps/configmaps/moved"),
+        f.holds("/api/v1/namespaces/apps/configmaps/moved"),
         "the other deployment's object survives"
     );
-    let requests = api.requests();
+    let requests = f.api.requests();
     let deletes: Vec<_> = requests.iter().filter(|r| r.method == "DELETE").collect();
     assert_eq!(deletes.len(), 1);
     assert_eq!(
@@ -694,11 +613,12 @@ async fn prune_never_deletes_an_object_taken_over_after_it_was_read() {
 
 #[tokio::test]
 async fn prune_reads_again_and_deletes_an_object_still_ours_that_changed() {
-    let (api, store, cluster, _dir) = racing_object("apps/app").await;
-    let kept = prune::prune_objects(&cluster, "apps/app", vec![moved_ref()]).await;
+    let f = racing_object("apps/app").await;
+    let kept = prune::prune_objects(&f.cluster, "apps/app", vec![config_map_ref("moved")]).await;
     assert!(kept.is_empty());
-    assert!(store.lock().unwrap().is_empty(), "still ours: deleted");
-    let preconditions: Vec<Value> = api
+    assert!(f.objects().is_empty(), "still ours: deleted");
+    let preconditions: Vec<Value> = f
+        .api
         .requests()
         .iter()
         .filter(|r| r.method == "DELETE")
