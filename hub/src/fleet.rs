@@ -205,11 +205,7 @@ impl Fleet {
 
     /// What `cluster` should run now.
     pub fn desired(&self, cluster: ClusterId) -> Vec<(BundleId, Arc<BundleContent>)> {
-        self.read()
-            .desired
-            .get(&cluster)
-            .map(|d| d.iter().map(|(b, c)| (b.clone(), c.clone())).collect())
-            .unwrap_or_default()
+        desired_of(&self.read(), cluster)
     }
 
     /// Everything `cluster` should run, forgetting pending changes: a stream's full sync.
@@ -218,10 +214,7 @@ impl Fleet {
         if let Some(e) = st.clusters.get_mut(&cluster) {
             e.pending.clear();
         }
-        st.desired
-            .get(&cluster)
-            .map(|d| d.iter().map(|(b, c)| (b.clone(), c.clone())).collect())
-            .unwrap_or_default()
+        desired_of(&st, cluster)
     }
 
     /// The bundles of `cluster` that changed since the last call (or full sync), each with
@@ -285,6 +278,11 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+
+    /// One bundle at its current revision.
+    pub fn bundle(&self, id: &BundleId) -> Option<Bundle> {
+        self.read().bundles.get(id).cloned()
     }
 
     /// The bundles of every Git repository.
@@ -361,6 +359,13 @@ impl Fleet {
 /// here; until a GitRepo can name targets, every registered cluster gets every bundle.
 fn targets(_bundle: &Bundle, _cluster: &Cluster) -> bool {
     true
+}
+
+fn desired_of(st: &State, cluster: ClusterId) -> Vec<(BundleId, Arc<BundleContent>)> {
+    st.desired
+        .get(&cluster)
+        .map(|d| d.iter().map(|(b, c)| (b.clone(), c.clone())).collect())
+        .unwrap_or_default()
 }
 
 fn insert_cluster(st: &mut State, cluster: Cluster) {

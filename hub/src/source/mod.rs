@@ -224,17 +224,11 @@ impl PollTask {
         let trees = tokio::task::spawn_blocking(move || git::read_bundles(&mirror, &c, &paths))
             .await
             .map_err(|e| SyncError::Task(e.to_string()))??;
-        let previous: HashMap<BundleId, Bundle> = self
-            .fleet
-            .bundles()
-            .into_iter()
-            .filter(|b| b.repo == self.repo.spec.name)
-            .map(|b| (b.id.clone(), b))
-            .collect();
         let mut out = Vec::new();
         for tree in trees {
             let id = BundleId::new(&self.repo.spec.name, &tree.path);
-            let prev = previous.get(&id);
+            let previous = self.fleet.bundle(&id);
+            let prev = previous.as_ref();
             if let Some(p) = prev.filter(|p| p.tree_id == tree.tree_id) {
                 out.push(p.clone());
                 continue;

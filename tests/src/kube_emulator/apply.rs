@@ -215,14 +215,7 @@ fn compare_at(
         }
         (Some(o), Some(n)) => match (s.shape(o), s.shape(n), o, n) {
             (Shape::Struct, Shape::Struct, Value::Object(om), Value::Object(nm)) => {
-                let mut keys: Vec<&String> = om.keys().chain(nm.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    path.push(PathElement::Field(k.clone()));
-                    compare_at(om.get(k), nm.get(k), &s.field(k), path, out);
-                    path.pop();
-                }
+                compare_fields(om, nm, s, path, out);
             }
             (Shape::ListMap(keys), Shape::ListMap(_), Value::Array(oa), Value::Array(na)) => {
                 let index = |items: &Vec<Value>| -> Option<Map<String, Value>> {
@@ -264,6 +257,24 @@ fn compare_at(
     }
 }
 
+/// Compares the union of two maps' fields, in key order.
+fn compare_fields(
+    om: &serde_json::Map<String, Value>,
+    nm: &serde_json::Map<String, Value>,
+    s: &Schema,
+    path: &mut Vec<PathElement>,
+    out: &mut Comparison,
+) {
+    let mut keys: Vec<&String> = om.keys().chain(nm.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        path.push(PathElement::Field(k.clone()));
+        compare_at(om.get(k), nm.get(k), &s.field(k), path, out);
+        path.pop();
+    }
+}
+
 /// Compares two items of a keyed list: their fields, not the item as a whole.
 fn compare_item(
     o: &Value,
@@ -274,14 +285,7 @@ fn compare_item(
 ) {
     match (o, n) {
         (Value::Object(om), Value::Object(nm)) => {
-            let mut keys: Vec<&String> = om.keys().chain(nm.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                path.push(PathElement::Field(k.clone()));
-                compare_at(om.get(k), nm.get(k), &s.field(k), path, out);
-                path.pop();
-            }
+            compare_fields(om, nm, s, path, out);
         }
         _ => leaf_change(o, n, path, out),
     }

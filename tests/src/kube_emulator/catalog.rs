@@ -280,16 +280,7 @@ fn custom_types(crd: &Value) -> Vec<ResourceType> {
     let spec = &crd["spec"];
     let names = &spec["names"];
     let str_of = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let list_of = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let list_of = |v: &Value| super::string_list(Some(v));
     let versions: Vec<&Value> = spec["versions"]
         .as_array()
         .map(|vs| vs.iter().filter(|v| v["served"] == true).collect())

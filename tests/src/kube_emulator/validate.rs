@@ -170,17 +170,7 @@ pub(crate) fn name_problem(rt: &ResourceType, name: &str) -> Option<&'static str
 }
 
 fn finalizers(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
-    let list = |o: &Value| -> Vec<String> {
-        o.pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let list = |o: &Value| super::string_list(o.pointer("/metadata/finalizers"));
     let new = list(obj);
     for f in &new {
         if let Some(msg) = qualified_name_error(f) {
