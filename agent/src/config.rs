@@ -1,8 +1,8 @@
-//! The agent's configuration: plain data, built by `main` from flags (or by a test harness),
-//! validated once by [`crate::run`], and never mutated afterwards.
+//! The agent's configuration: plain data, built by [`crate::cli`] from flags (or by a test
+//! harness), validated once by [`crate::run`], and never mutated afterwards.
 //!
 //! Runtime handles (the Kubernetes client, the hub channel) are built from it in `run`; nothing
-//! here does I/O.
+//! here does I/O. What a bootstrap Secret supplies is merged in `run`, flags first.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,25 +15,41 @@ pub const DEFAULT_NAMESPACE: &str = "flotilla-system";
 /// The name of the identity Secret when the agent runs inside a cluster.
 pub const DEFAULT_IDENTITY_SECRET: &str = "flotilla-agent-identity";
 
+/// The identity directory when the agent runs outside a cluster.
+pub const DEFAULT_STATE_DIR: &str = "./flotilla-agent-state";
+
 /// Everything one agent needs to know to run.
+///
+/// `Default` is an agent outside a cluster with nothing configured yet: start from it with
+/// `..AgentConfig::default()` so that new fields do not break callers.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// The hub's gRPC address, `https://host:port`.
-    pub hub_url: String,
-    /// A registration token from `flotilla token create`; only needed until the agent has an
-    /// identity.
+    /// The hub's gRPC address, `https://host:port`. `None`: the bootstrap Secret's `hubURL`,
+    /// else the URL the stored identity was issued by.
+    pub hub_url: Option<String>,
+    /// A registration token from `flotilla token create`; needed to register, and again only
+    /// if the certificate expires while the agent is offline. `None`: the bootstrap Secret's
+    /// `token`, read when needed.
     pub token: Option<String>,
-    /// PEM certificates to trust for the hub. `None` trusts the CA bundle the hub handed out at
-    /// registration, or the platform's native roots before that.
+    /// PEM certificates to trust for the hub before it has handed out its CA bundle.
+    /// `None`: the bootstrap Secret's `caBundle`, else the platform's native roots. Once the
+    /// agent holds an identity, the bundle the hub gave it (kept current by trust updates)
+    /// is what new connections trust.
     pub ca_pem: Option<String>,
-    /// The cluster name asked for at registration (lower-case RFC 1123 label).
-    pub cluster_name: String,
+    /// The cluster name asked for at registration (lower-case RFC 1123 label). `None`: `c-`
+    /// and the first 12 hex digits of the UID of the `kube-system` namespace, which stays the
+    /// same when the agent is re-installed.
+    pub cluster_name: Option<String>,
     /// Labels reported about the cluster at registration.
     pub labels: BTreeMap<String, String>,
     /// The agent's own namespace: inventory ConfigMaps and the identity Secret live here.
     pub namespace: String,
     /// Where the agent's identity (key, certificate, cluster id) is kept.
     pub identity: IdentityStoreConfig,
+    /// A Secret in [`AgentConfig::namespace`] with the keys `hubURL`, `caBundle` and `token`,
+    /// as the install manifest of `flotilla agent manifest` creates it. The fields above win
+    /// over its values. Once the agent holds a working identity it deletes the `token` key.
+    pub bootstrap_secret: Option<String>,
     /// How to reach the Kubernetes API.
     pub kube: KubeSource,
     /// Reconnect and retry pacing.
@@ -51,9 +67,27 @@ impl fmt::Debug for AgentConfig {
             .field("labels", &self.labels)
             .field("namespace", &self.namespace)
             .field("identity", &self.identity)
+            .field("bootstrap_secret", &self.bootstrap_secret)
             .field("kube", &self.kube)
             .field("backoff", &self.backoff)
             .finish()
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            hub_url: None,
+            token: None,
+            ca_pem: None,
+            cluster_name: None,
+            labels: BTreeMap::new(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            identity: IdentityStoreConfig::Dir(DEFAULT_STATE_DIR.into()),
+            bootstrap_secret: None,
+            kube: KubeSource::Infer,
+            backoff: BackoffConfig::default(),
+        }
     }
 }
 
@@ -161,15 +195,10 @@ mod tests {
     #[test]
     fn debug_hides_the_token() {
         let c = AgentConfig {
-            hub_url: "https://h:1".into(),
+            hub_url: Some("https://h:1".into()),
             token: Some("s3cret".into()),
-            ca_pem: None,
-            cluster_name: "c".into(),
-            labels: BTreeMap::new(),
-            namespace: DEFAULT_NAMESPACE.into(),
-            identity: IdentityStoreConfig::Dir("/tmp/x".into()),
-            kube: KubeSource::Infer,
-            backoff: BackoffConfig::default(),
+            cluster_name: Some("c".into()),
+            ..AgentConfig::default()
         };
         assert!(!format!("{c:?}").contains("s3cret"));
     }

@@ -9,12 +9,40 @@ pub enum AgentError {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// No hub URL from the flags, the bootstrap Secret or a stored identity.
+    #[error(
+        "no hub URL: pass --hub https://HOST:PORT (or set FLOTILLA_HUB), or name a bootstrap Secret \
+         with a hubURL key (--bootstrap-secret NAME, as the manifest of `flotilla agent manifest` does)"
+    )]
+    NoHubUrl,
+
     /// First start (no stored identity) without a registration token.
     #[error(
         "this agent has no identity yet and no registration token: pass --token (or set FLOTILLA_TOKEN) \
-         with a token from `flotilla token create`"
+         with a token from `flotilla token create`, or re-apply the install manifest from \
+         `flotilla agent manifest --token TOKEN`, whose bootstrap Secret carries one"
     )]
     NoToken,
+
+    /// The bootstrap Secret could not be read, or holds something unusable.
+    #[error(
+        "the bootstrap Secret {location} is unusable: {message}; check that the agent may read Secrets \
+         in its namespace, and re-apply the install manifest from `flotilla agent manifest` \
+         (or pass --hub, --ca and --token instead)"
+    )]
+    Bootstrap {
+        /// `Secret namespace/name`.
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// No --cluster-name, and none could be derived from the `kube-system` namespace.
+    #[error(
+        "could not derive a cluster name from the kube-system namespace: {0}; pass --cluster-name NAME \
+         (a lower-case RFC 1123 label)"
+    )]
+    ClusterName(String),
 
     /// The hub refused the registration token (unknown, expired or used up).
     #[error("the hub refused the registration token: {}", with_advice(.0, "create a new one with `flotilla token create`"))]
@@ -99,7 +127,13 @@ mod tests {
     #[test]
     fn every_error_says_what_to_do_next() {
         let errors = [
+            AgentError::NoHubUrl,
             AgentError::NoToken,
+            AgentError::Bootstrap {
+                location: "Secret ns/b".into(),
+                message: "forbidden".into(),
+            },
+            AgentError::ClusterName("forbidden".into()),
             AgentError::RegistrationRefused {
                 name: "x".into(),
                 message: "taken".into(),

@@ -1,23 +1,23 @@
 //! The Flotilla agent: one per Kubernetes cluster. It dials out to the hub, trades a
-//! registration token for a client certificate once, receives the bundle deployments meant for
-//! its cluster, server-side applies them, prunes what it owns that left a bundle, and reports
-//! status down to each object.
+//! registration token for a client certificate once (and renews that certificate over its
+//! stream), receives the bundle deployments meant for its cluster, server-side applies them,
+//! prunes what it owns that left a bundle, and reports status down to each object.
 //!
 //! The whole agent is [`run`]: the binary calls it, and so do end-to-end tests, in-process.
+//! [`cli`] turns the binary's flags into an [`AgentConfig`].
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), flotilla_agent::AgentError> {
 //! use flotilla_agent::*;
 //! let config = AgentConfig {
-//!     hub_url: "https://hub.example.com:8443".into(),
+//!     hub_url: Some("https://hub.example.com:8443".into()),
 //!     token: Some("token-from-flotilla-token-create".into()),
 //!     ca_pem: Some(std::fs::read_to_string("hub-ca.pem").unwrap()),
-//!     cluster_name: "edge-1".into(),
+//!     cluster_name: Some("edge-1".into()),
 //!     labels: [("env".to_string(), "prod".to_string())].into(),
-//!     namespace: DEFAULT_NAMESPACE.into(),
 //!     identity: IdentityStoreConfig::Dir("./flotilla-agent-state".into()),
 //!     kube: KubeSource::Kubeconfig("kubeconfig.yaml".into()),
-//!     backoff: BackoffConfig::default(),
+//!     ..AgentConfig::default()
 //! };
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! run(config, shutdown).await
@@ -25,10 +25,17 @@
 //! ```
 //!
 //! # Code map
-//! - `config`, `error`: the public surface besides [`run`].
-//! - `identity`: key pair, CSR, and the identity store (directory or Secret).
+//! - `config`, `error`, [`cli`]: the public surface besides [`run`].
+//! - `startup`: hub URL and CA from flags, bootstrap Secret or stored identity; the stored
+//!   identity or a first registration.
+//! - `bootstrap`: the install manifest's bootstrap Secret (`hubURL`, `caBundle`, `token`),
+//!   the token removed once the agent has an identity; the derived cluster name.
+//! - `identity`: key pairs, CSRs, certificate expiry, and the identity store (directory or
+//!   Secret).
 //! - `hub_client`: *Boundary:* the only module that sees protobuf types. Registration, the
-//!   `Connect` stream, manifest fetching and caching, status batching, reconnects.
+//!   `Connect` stream, manifest fetching and caching, status batching, reconnects; the
+//!   current identity, its renewal over the stream, trust updates, and registering again
+//!   with the stored key after an expiry.
 //! - `reconcile`: one worker per deployment id; an apply run and prune.
 //! - `plan`, `status`, `model`: pure decisions and domain types, tested without a cluster.
 //! - `cluster`: *Boundary:* the only kube-rs user. API calls with retries, discovery,
@@ -41,11 +48,21 @@
 //! CRDs awaited, leftovers pruned, inventory narrowed) → `status::StatusBoard` (coalesced) →
 //! `hub_client` (`StatusReport`, changes only).
 //!
+//! # Identity lifecycle
+//! Registered once with a token (from `--token` or the bootstrap Secret); renewed on the live
+//! stream at about 2/3 of its remaining life (new key each time, saved before use, the stream
+//! kept); CA bundles from trust updates saved and trusted for new connections; after an
+//! expiry while offline, registered again with the stored key and the same cluster name,
+//! which keeps the cluster id.
+//!
 //! # Shutdown
 //! Cancelling the token passed to [`run`] ends the hub stream and every worker between API
 //! calls; `run` waits a short grace period for them and returns.
 
+pub mod cli;
+
 mod backoff;
+mod bootstrap;
 mod cluster;
 mod config;
 mod error;
@@ -54,24 +71,26 @@ mod identity;
 mod model;
 mod plan;
 mod reconcile;
+mod startup;
 mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 pub use config::{
-    AgentConfig, BackoffConfig, DEFAULT_IDENTITY_SECRET, DEFAULT_NAMESPACE, IdentityStoreConfig,
-    KubeSource,
+    AgentConfig, BackoffConfig, DEFAULT_IDENTITY_SECRET, DEFAULT_NAMESPACE, DEFAULT_STATE_DIR,
+    IdentityStoreConfig, KubeSource,
 };
 pub use error::AgentError;
 
+use bootstrap::BootstrapSecret;
 use cluster::Cluster;
-use config::HubAddress;
-use hub_client::{HubClient, ManifestCache};
+use hub_client::{Credentials, HubClient, ManifestCache, Recovery};
 use identity::IdentityStore;
 use reconcile::Reconciler;
 use status::StatusBoard;
@@ -81,28 +100,63 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the agent until `shutdown` is cancelled.
 ///
-/// Loads the stored identity or registers with `config.token`, then keeps a stream to the hub
-/// open, reconnecting forever with backoff, and applies what the hub sends. Returns `Ok(())`
-/// after shutdown, or an [`AgentError`] when the agent cannot work without a person: invalid
+/// Loads the stored identity or registers with a token (from `config.token` or the bootstrap
+/// Secret), then keeps a stream to the hub open, reconnecting forever with backoff, renewing
+/// its certificate on the stream, and applies what the hub sends. Returns `Ok(())` after
+/// shutdown, or an [`AgentError`] when the agent cannot work without a person: invalid
 /// configuration, no identity and no token, a refused registration, an unusable identity
 /// store or Kubernetes configuration. A hub or API server that is unreachable is retried, not
-/// returned.
+/// returned; so is a certificate that expired while the agent was offline (it registers again
+/// when a token is available).
 ///
 /// Installs the aws-lc-rs rustls provider as the process default if none is installed yet.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     // Err means a provider is already installed (by main, a test, or an earlier run): fine.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let hub = validate(&config)?;
+    validate(&config)?;
     let cluster = Cluster::connect(&config.kube, &config.namespace).await?;
     let store = IdentityStore::new(&config.identity, &cluster);
-    let Some(identity) = hub_client::obtain_identity(&config, &hub, &store, &shutdown).await?
+    let bootstrap = config
+        .bootstrap_secret
+        .as_deref()
+        .map(|name| BootstrapSecret::new(&cluster, name));
+    let Some(start) =
+        startup::prepare(&config, &cluster, &store, bootstrap.as_ref(), &shutdown).await?
     else {
         return Ok(());
     };
-    let trust = hub_client::trust_for(config.ca_pem.as_deref(), Some(&identity.ca_pem));
-    let endpoint = hub_client::endpoint(&hub, &trust, Some(&identity))?;
+    let (cluster_name, cluster_id) = (
+        start.identity.cluster_name.clone(),
+        start.identity.cluster_id.clone(),
+    );
+    let hub_url = start.hub.url.clone();
+    let (credentials, keeper) = Credentials::new(
+        start.hub,
+        start.ca_pem,
+        start.identity,
+        store,
+        config.backoff,
+    );
 
     let tracker = TaskTracker::new();
+    tracker.spawn(
+        keeper
+            .run(shutdown.clone())
+            .instrument(info_span!("identity_keeper")),
+    );
+    let connected = Arc::new(Notify::new());
+    if let Some(secret) = bootstrap {
+        let creds = credentials.clone();
+        tracker.spawn(
+            bootstrap::keep_token_removed(
+                secret,
+                move || !creds.expired(),
+                connected.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("bootstrap_token")),
+        );
+    }
     let board = Arc::new(StatusBoard::default());
     let reconciler = Reconciler::new(
         cluster.clone(),
@@ -112,15 +166,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         shutdown.clone(),
     );
     let client = HubClient {
-        endpoint,
+        credentials,
+        recovery: Recovery {
+            labels: config.labels.clone(),
+            tokens: start.tokens,
+        },
         cluster,
         reconciler,
         board,
         cache: Arc::new(ManifestCache::default()),
         backoff: config.backoff,
-        identity_location: store.location(),
+        connected,
     };
-    info!(cluster = %identity.cluster_name, cluster_id = %identity.cluster_id, hub = %hub.url, "agent started");
+    info!(cluster = %cluster_name, %cluster_id, hub = %hub_url, "agent started");
     client.run(&shutdown).await;
 
     tracker.close();
@@ -134,12 +192,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-fn validate(config: &AgentConfig) -> Result<HubAddress, AgentError> {
-    let hub = HubAddress::parse(&config.hub_url).map_err(AgentError::Config)?;
+/// What can be checked before any I/O; the hub URL is checked once its source is known.
+fn validate(config: &AgentConfig) -> Result<(), AgentError> {
     if config.namespace.is_empty() {
         return Err(AgentError::Config(
-            "the agent namespace is empty: pass --namespace".into(),
+            "the agent namespace is empty: pass --namespace (or set FLOTILLA_NAMESPACE)".into(),
         ));
+    }
+    if let Some(url) = config.hub_url.as_deref().filter(|u| !u.is_empty()) {
+        config::HubAddress::parse(url).map_err(AgentError::Config)?;
     }
     if let Some(ca) = &config.ca_pem
         && !ca.contains("-----BEGIN CERTIFICATE-----")
@@ -148,14 +209,24 @@ fn validate(config: &AgentConfig) -> Result<HubAddress, AgentError> {
             "the CA file holds no PEM certificate".into(),
         ));
     }
-    if let IdentityStoreConfig::Secret { name } = &config.identity
-        && name.is_empty()
-    {
-        return Err(AgentError::Config(
-            "the identity Secret name is empty: pass --identity-secret NAME".into(),
-        ));
+    for (what, name) in [
+        ("identity", identity_secret_name(&config.identity)),
+        ("bootstrap", config.bootstrap_secret.as_deref()),
+    ] {
+        if name == Some("") {
+            return Err(AgentError::Config(format!(
+                "the {what} Secret name is empty: pass --{what}-secret NAME"
+            )));
+        }
     }
-    Ok(hub)
+    Ok(())
+}
+
+fn identity_secret_name(store: &IdentityStoreConfig) -> Option<&str> {
+    match store {
+        IdentityStoreConfig::Secret { name } => Some(name),
+        IdentityStoreConfig::Dir(_) => None,
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,8 @@
-//! `flotilla-agent`: flags → [`flotilla_agent::AgentConfig`], logging, then
-//! [`flotilla_agent::run`] until SIGINT or SIGTERM.
-
-mod cli;
+//! `flotilla-agent`: flags → [`flotilla_agent::AgentConfig`] (see [`flotilla_agent::cli`]),
+//! logging, then [`flotilla_agent::run`] until SIGINT or SIGTERM.
 
 use clap::Parser;
+use flotilla_agent::cli;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 

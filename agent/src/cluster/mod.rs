@@ -7,7 +7,7 @@
 //! - `discovery`: kind → resource and scope, cached, never guessed;
 //! - `apply`: server-side apply, prune deletes, namespaces, waiting for CRDs;
 //! - `inventory`: what each deployment owns, one ConfigMap per deployment;
-//! - `secret_store`: the agent identity kept in a Secret.
+//! - `secret_store`: the identity Secret, and the bootstrap Secret's token removal.
 
 mod apply;
 mod discovery;
@@ -87,6 +87,22 @@ impl Cluster {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string())
+    }
+
+    /// The `metadata.uid` of namespace `name`.
+    pub async fn namespace_uid(&self, name: &str) -> Result<String, ApiError> {
+        let request = kube::core::Request::new("/api/v1/namespaces");
+        let namespace = self
+            .call_json(Retry::Transient, || {
+                request.get(name, &kube::api::GetParams::default())
+            })
+            .await?;
+        namespace
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .filter(|uid| !uid.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::local(format!("the namespace {name} has no uid")))
     }
 
     /// Creates the agent's namespace if needed, once per process.

@@ -2,6 +2,7 @@
 
 use flotilla_proto::agent::v1 as pb;
 
+use super::renewal::Issued;
 use crate::model::{
     Deployment, DeploymentState, DeploymentStatus, HeldDeployment, ManifestRef, ObjectState,
     ObjectStatus,
@@ -22,6 +23,15 @@ pub(super) fn deployment_from_proto(d: pb::BundleDeployment) -> Deployment {
                 source: m.source,
             })
             .collect(),
+    }
+}
+
+pub(super) fn issued_from_proto(c: pb::CertificateIssued) -> Issued {
+    // `not_after` is not taken on trust: the agent reads it from the certificate itself.
+    Issued {
+        cert_pem: c.certificate_pem,
+        ca_pem: c.ca_bundle_pem,
+        error: c.error,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Reaching the hub: TLS endpoints (server-authenticated for registration, mutual afterwards)
-//! and the one-time trade of a registration token for a cluster identity.
+//! and the trade of a registration token for a cluster identity: once for a new key, and again
+//! with the stored key when the certificate expired while the agent was offline.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_proto::agent::v1 as pb;
@@ -11,25 +13,15 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::{AgentConfig, HubAddress};
+use crate::config::{BackoffConfig, HubAddress};
 use crate::error::AgentError;
-use crate::identity::{Identity, IdentityStore, StoreError, new_key_and_csr};
+use crate::identity::{Identity, IdentityStore, csr_for_key, new_key_and_csr, patiently};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings notice a hub that vanished without closing the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The PEM bundles to trust for the hub. An explicitly configured CA wins; otherwise the CA the
-/// hub handed out at registration; with neither, the platform's roots (an empty list).
-pub(crate) fn trust_for(configured: Option<&str>, from_identity: Option<&str>) -> Vec<String> {
-    let non_empty = |s: Option<&str>| s.filter(|s| !s.trim().is_empty()).map(str::to_owned);
-    non_empty(configured)
-        .or_else(|| non_empty(from_identity))
-        .into_iter()
-        .collect()
-}
 
 /// A TLS endpoint for the hub: trusting `trust` (platform roots if empty), checking the
 /// certificate against the URL's host, and presenting `identity` when given.
@@ -62,121 +54,94 @@ pub(crate) fn endpoint(
         })
 }
 
-enum Attempt {
+/// The outcome of one failed registration attempt.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// The hub said no; retrying the same request cannot help.
     Fatal(AgentError),
+    /// The hub could not be reached or was unavailable.
     Retry(String),
 }
 
-/// The stored identity, or a new one from the hub when there is none. Retries while the hub
-/// cannot be reached; stops on a refusal. `Ok(None)` means shutdown came first.
-pub(crate) async fn obtain_identity(
-    config: &AgentConfig,
-    hub: &HubAddress,
-    store: &IdentityStore,
-    shutdown: &CancellationToken,
-) -> Result<Option<Identity>, AgentError> {
-    let Some(stored) = patiently(config, shutdown, "read", || store.load()).await? else {
-        return Ok(None);
-    };
-    if let Some(identity) = stored {
-        if identity.hub_url != hub.url {
-            warn!(stored = %identity.hub_url, configured = %hub.url, "the identity was issued by a hub at another URL; using it anyway");
-        }
-        info!(cluster_id = %identity.cluster_id, cluster = %identity.cluster_name, store = %store.location(), "using the stored identity");
-        return Ok(Some(identity));
-    }
-    register(config, hub, store, shutdown).await
+/// What registering sends besides the key.
+pub(crate) struct Registration {
+    pub hub: HubAddress,
+    /// The CAs to trust for the hub (server-authenticated TLS only).
+    pub trust: Vec<String>,
+    pub token: String,
+    pub cluster_name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
-/// Trades the token for a certificate and stores the new identity.
-async fn register(
-    config: &AgentConfig,
-    hub: &HubAddress,
-    store: &IdentityStore,
-    shutdown: &CancellationToken,
-) -> Result<Option<Identity>, AgentError> {
-    let token = config
-        .token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .ok_or(AgentError::NoToken)?;
-    if config.cluster_name.is_empty() {
-        return Err(AgentError::Config(
-            "a cluster name is needed to register: pass --cluster-name".into(),
-        ));
+impl Registration {
+    fn request(&self, csr_pem: String) -> pb::RegisterRequest {
+        pb::RegisterRequest {
+            token: self.token.clone(),
+            cluster_name: self.cluster_name.clone(),
+            labels: self.labels.clone().into_iter().collect(),
+            csr_pem,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
     }
-    let keys = new_key_and_csr(&config.cluster_name)?;
-    let request = pb::RegisterRequest {
-        token: token.to_string(),
-        cluster_name: config.cluster_name.clone(),
-        labels: config.labels.clone().into_iter().collect(),
-        csr_pem: keys.csr_pem.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let trust = trust_for(config.ca_pem.as_deref(), None);
-    let endpoint = endpoint(hub, &trust, None)?;
-    let mut backoff = Backoff::new(config.backoff);
-    loop {
-        match register_once(&endpoint, request.clone(), &config.cluster_name).await {
-            Ok(answer) => {
-                let identity = Identity {
-                    cluster_id: answer.cluster_id,
-                    cluster_name: answer.cluster_name,
-                    key_pem: keys.key_pem,
-                    cert_pem: answer.certificate_pem,
-                    ca_pem: answer.ca_bundle_pem,
-                    hub_url: hub.url.clone(),
-                };
-                info!(cluster_id = %identity.cluster_id, cluster = %identity.cluster_name, "registered with the hub");
-                // The hub has spent the token on this key: keep trying to store it.
-                let saved = patiently(config, shutdown, "write", || store.save(&identity)).await?;
-                return Ok(saved.map(|()| identity));
-            }
-            Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(why)) => {
-                let delay = backoff.next_delay();
-                warn!(error = %why, ?delay, "could not register with the hub; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
+
+    fn identity(&self, answer: pb::RegisterResponse, key_pem: String) -> Identity {
+        Identity {
+            cluster_id: answer.cluster_id,
+            cluster_name: answer.cluster_name,
+            key_pem,
+            cert_pem: answer.certificate_pem,
+            ca_pem: answer.ca_bundle_pem,
+            hub_url: self.hub.url.clone(),
+        }
+    }
+
+    /// Trades the token for a certificate for a new key and stores the new identity.
+    /// Retries while the hub cannot be reached; stops on a refusal. `Ok(None)` means shutdown
+    /// came first.
+    pub async fn register_new(
+        &self,
+        store: &IdentityStore,
+        backoff: BackoffConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Identity>, AgentError> {
+        let keys = new_key_and_csr(&self.cluster_name)?;
+        let request = self.request(keys.csr_pem.clone());
+        let endpoint = endpoint(&self.hub, &self.trust, None)?;
+        let mut delays = Backoff::new(backoff);
+        loop {
+            match register_once(&endpoint, request.clone(), &self.cluster_name).await {
+                Ok(answer) => {
+                    let identity = self.identity(answer, keys.key_pem);
+                    info!(cluster_id = %identity.cluster_id, cluster = %identity.cluster_name, "registered with the hub");
+                    // The hub has spent the token on this key: keep trying to store it.
+                    let saved =
+                        patiently(backoff, shutdown, "write", || store.save(&identity)).await?;
+                    return Ok(saved.map(|()| identity));
+                }
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(why)) => {
+                    let delay = delays.next_delay();
+                    warn!(error = %why, ?delay, "could not register with the hub; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }
     }
-}
 
-/// Runs an identity-store operation, retrying while the API server is unreachable.
-/// `Ok(None)` means shutdown came first.
-async fn patiently<T, F, Fut>(
-    config: &AgentConfig,
-    shutdown: &CancellationToken,
-    action: &str,
-    op: F,
-) -> Result<Option<T>, AgentError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut backoff = Backoff::new(config.backoff);
-    loop {
-        match op().await {
-            Ok(t) => return Ok(Some(t)),
-            Err(StoreError {
-                error,
-                transient: false,
-            }) => return Err(error),
-            Err(StoreError {
-                error,
-                transient: true,
-            }) => {
-                let delay = backoff.next_delay();
-                warn!(%error, ?delay, action, "the identity store is unavailable; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+    /// One attempt to register again as the cluster `stored` is, with its key: the hub then
+    /// re-issues a certificate for the same cluster id. The caller stores the answer.
+    pub async fn register_again(&self, stored: &Identity) -> Result<Identity, Attempt> {
+        let csr_pem = csr_for_key(&stored.key_pem, &self.cluster_name).map_err(Attempt::Fatal)?;
+        let endpoint = endpoint(&self.hub, &self.trust, None).map_err(Attempt::Fatal)?;
+        let answer = register_once(&endpoint, self.request(csr_pem), &self.cluster_name).await?;
+        let identity = self.identity(answer, stored.key_pem.clone());
+        if identity.cluster_id != stored.cluster_id {
+            warn!(stored = %stored.cluster_id, issued = %identity.cluster_id, "the hub registered this agent as a different cluster");
         }
+        Ok(identity)
     }
 }
 
@@ -227,18 +192,4 @@ pub(crate) fn describe_transport(e: &(dyn std::error::Error + 'static)) -> Strin
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configured_ca_wins_then_the_hubs_then_platform_roots() {
-        assert_eq!(trust_for(Some("A"), Some("B")), ["A"]);
-        assert_eq!(trust_for(None, Some("B")), ["B"]);
-        assert_eq!(trust_for(Some("  "), Some("B")), ["B"]);
-        assert!(trust_for(None, Some("")).is_empty());
-        assert!(trust_for(None, None).is_empty());
-    }
 }

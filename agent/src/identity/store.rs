@@ -1,68 +1,21 @@
-//! The agent's identity on the hub: cluster id, client key and certificate, and the CA to trust
-//! for the hub. Obtained once by trading a registration token for a certificate, then kept in
-//! a directory or a Secret so that restarts need no token.
-//!
-//! *Invariant:* the private key is generated here and only ever written to the identity store;
-//! the hub sees a certificate signing request.
+//! Where the identity is kept between restarts: files in a directory (private key mode 0600,
+//! each file written through a rename, the record last) or a Secret in the agent's namespace.
+//! Every write replaces the whole identity, so a renewal never leaves a key beside a
+//! certificate that does not match it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
+use super::Identity;
+use crate::backoff::Backoff;
 use crate::cluster::{ApiError, Cluster};
-use crate::config::IdentityStoreConfig;
+use crate::config::{BackoffConfig, IdentityStoreConfig};
 use crate::error::AgentError;
-
-/// Who this agent is to the hub.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Identity {
-    pub cluster_id: String,
-    pub cluster_name: String,
-    /// PKCS#8 PEM private key (ECDSA P-256).
-    pub key_pem: String,
-    /// The client certificate the hub signed.
-    pub cert_pem: String,
-    /// The CA bundle the hub said to trust for it.
-    pub ca_pem: String,
-    /// The hub URL the identity was obtained from.
-    pub hub_url: String,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("cluster_id", &self.cluster_id)
-            .field("cluster_name", &self.cluster_name)
-            .field("hub_url", &self.hub_url)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A fresh key pair and the certificate signing request to send for it.
-pub(crate) struct KeyAndCsr {
-    pub key_pem: String,
-    pub csr_pem: String,
-}
-
-/// Generates an ECDSA P-256 key and a CSR with `CN = cluster_name`.
-pub(crate) fn new_key_and_csr(cluster_name: &str) -> Result<KeyAndCsr, AgentError> {
-    let fail = |e: rcgen::Error| AgentError::Credentials(e.to_string());
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(fail)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, cluster_name);
-    let csr = params.serialize_request(&key).map_err(fail)?;
-    Ok(KeyAndCsr {
-        key_pem: key.serialize_pem(),
-        csr_pem: csr.pem().map_err(fail)?,
-    })
-}
 
 /// Where the identity lives.
 pub(crate) enum IdentityStore {
@@ -159,7 +112,42 @@ impl IdentityStore {
     }
 }
 
-/// A failed read or write of the identity; `transient` when the API server was unreachable
+/// Runs an identity-store operation, retrying while the store is unavailable (the API server
+/// unreachable or overloaded). `Ok(None)` means shutdown came first.
+pub(crate) async fn patiently<T, F, Fut>(
+    backoff: BackoffConfig,
+    shutdown: &CancellationToken,
+    action: &str,
+    op: F,
+) -> Result<Option<T>, AgentError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut delays = Backoff::new(backoff);
+    loop {
+        match op().await {
+            Ok(t) => return Ok(Some(t)),
+            Err(StoreError {
+                error,
+                transient: false,
+            }) => return Err(error),
+            Err(StoreError {
+                error,
+                transient: true,
+            }) => {
+                let delay = delays.next_delay();
+                warn!(%error, ?delay, action, "the identity store is unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// A failed read or write of the identity (or of another Secret read at start); `transient` when the API server was unreachable
 /// or overloaded, so that trying again later may work.
 #[derive(Debug)]
 pub(crate) struct StoreError {
@@ -328,23 +316,5 @@ mod tests {
             err.contains("tls.key") && err.contains("could not read"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn csr_names_the_cluster_and_keeps_the_key_local() {
-        let made = new_key_and_csr("edge-1").unwrap();
-        assert!(
-            made.csr_pem
-                .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
-        );
-        assert!(made.key_pem.contains("PRIVATE KEY"));
-        assert!(!made.csr_pem.contains("PRIVATE KEY"));
-        let parsed = rcgen::CertificateSigningRequestParams::from_pem(&made.csr_pem).unwrap();
-        let cn = parsed
-            .params
-            .distinguished_name
-            .get(&DnType::CommonName)
-            .unwrap();
-        assert_eq!(cn, &rcgen::DnValue::Utf8String("edge-1".into()));
     }
 }

@@ -1,0 +1,12 @@
+//! The whole agent ([`crate::run`]) against a fake hub over real mTLS and the fake API server.
+//! The real hub is exercised by the e2e tests.
+//!
+//! - `fake_hub`: the hub's side (registration, streams, renewal, expiry);
+//! - `harness`: starting both fakes and agents, waiting with one deadline;
+//! - `deploy`: registration, deploy → fetch → ack → status, removal, restart, refused token;
+//! - `identity`: renewal on the stream, trust updates, registering again after expiry;
+
+mod deploy;
+mod fake_hub;
+mod harness;
+mod identity;
