@@ -198,6 +198,48 @@ async fn serve(
     }
 }
 
+/// A JSON merge patch (RFC 7386) of a stored object, honouring a `metadata.resourceVersion`
+/// precondition as a real API server does, and moving the object's resourceVersion on.
+fn merge_patch(objects: &mut BTreeMap<String, Value>, path: &str, patch: &Value) -> Reply {
+    let Some(live) = objects.get_mut(path) else {
+        return not_found(path);
+    };
+    let current = live["metadata"]["resourceVersion"].as_str().unwrap_or("0");
+    if let Some(wanted) = patch
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        && wanted != current
+    {
+        return Reply::json(
+            409,
+            json!({"kind": "Status", "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "the object has been modified; please apply your changes to the latest version and try again"}),
+        );
+    }
+    let next = current.parse::<u64>().unwrap_or(0) + 1;
+    merge(live, patch);
+    live["metadata"]["resourceVersion"] = json!(next.to_string());
+    Reply::json(200, live.clone())
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let map = target.as_object_mut().expect("made an object above");
+    for (k, v) in patch {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            merge(map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
 /// Objects by path, as the stateful fake keeps them.
 pub(crate) type Store = Arc<Mutex<BTreeMap<String, Value>>>;
 
@@ -267,6 +309,9 @@ fn handle(store: &Store, lag: &Lag, r: &Recorded) -> Reply {
         _ => {}
     }
     match r.method.as_str() {
+        "PATCH" if r.content_type.starts_with("application/merge-patch+json") => {
+            merge_patch(&mut objects, &path, &r.json())
+        }
         "PATCH" => {
             let name = path.rsplit('/').next().unwrap();
             if name.chars().any(|c| c.is_uppercase() || c == '_') {

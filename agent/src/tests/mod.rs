@@ -5,7 +5,9 @@
 //! - `harness`: starting both fakes and agents, waiting with one deadline;
 //! - `deploy`: registration, deploy → fetch → ack → status, removal, restart, refused token;
 //! - `identity`: renewal on the stream, trust updates, registering again after expiry;
+//! - `bootstrap`: the install manifest's bootstrap Secret and its token.
 
+mod bootstrap;
 mod deploy;
 mod fake_hub;
 mod harness;
