@@ -49,10 +49,7 @@ pub enum AgentError {
     TokenRefused(String),
 
     /// The hub refused the registration for another reason, typically the cluster name.
-    #[error(
-        "the hub refused to register cluster {name:?}: {message}; choose another --cluster-name \
-         (a lower-case RFC 1123 label that no other cluster uses)"
-    )]
+    #[error("the hub refused to register cluster {name:?}: {}", with_advice(.message, "choose another `--cluster-name` (a lower-case RFC 1123 label that no other cluster uses)"))]
     RegistrationRefused {
         /// The name asked for.
         name: String,
@@ -122,6 +119,23 @@ mod tests {
             1,
             "{advised}"
         );
+    }
+
+    #[test]
+    fn a_taken_name_is_advised_once() {
+        let hub = "a cluster named \"c-1\" is already registered; choose another --cluster-name, or delete the old cluster with `flotilla cluster delete`";
+        let text = AgentError::RegistrationRefused {
+            name: "c-1".into(),
+            message: hub.into(),
+        }
+        .to_string();
+        assert_eq!(text.matches("--cluster-name").count(), 1, "{text}");
+        let plain = AgentError::RegistrationRefused {
+            name: "c-1".into(),
+            message: "taken".into(),
+        }
+        .to_string();
+        assert!(plain.ends_with("choose another `--cluster-name` (a lower-case RFC 1123 label that no other cluster uses)"), "{plain}");
     }
 
     #[test]
