@@ -9,6 +9,7 @@
 //! *Invariant:* the renewal time is measured from when the agent received or loaded the
 //! certificate, never from its `notBefore`: the hub backdates that to tolerate clock skew.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -101,6 +102,9 @@ pub(crate) struct Credentials {
     /// The CA configured by flag or bootstrap Secret.
     configured_ca: Option<String>,
     current: Mutex<Current>,
+    /// Moves on with every new certificate, so connections made with an older one can be
+    /// replaced.
+    generation: AtomicU64,
     store: IdentityStore,
     backoff: BackoffConfig,
     changes: mpsc::UnboundedSender<Change>,
@@ -127,6 +131,7 @@ impl Credentials {
             hub,
             configured_ca,
             current: Mutex::new(Current::new(identity)),
+            generation: AtomicU64::new(0),
             store,
             backoff,
             changes,
@@ -145,6 +150,11 @@ impl Credentials {
 
     pub fn identity(&self) -> Identity {
         self.current().identity
+    }
+
+    /// Counts the certificates used so far (see [`Credentials::apply`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Whether the certificate has expired (or is unreadable) by this machine's clock.
@@ -195,6 +205,7 @@ impl Credentials {
     /// Saves the changed identity, then uses it. `false` when shutdown came first.
     pub async fn apply(&self, change: Change, shutdown: &CancellationToken) -> bool {
         let _turn = self.writing.lock().await;
+        let new_certificate = !matches!(change, Change::Trust { .. });
         let next = {
             let current = self.current();
             match change {
@@ -233,6 +244,9 @@ impl Credentials {
             Err(e) => error!(error = %e, "could not store the changed identity; using it anyway"),
         }
         *self.current.lock().expect("not poisoned") = next;
+        if new_certificate {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
         true
     }
 }

@@ -1,6 +1,8 @@
 //! What a session does with the deployments the hub sends: batches them, fetches the
 //! manifests the cache lacks with one `FetchManifests`, hands complete deployments to the
-//! reconciler and `Ack`s them; and what `Hello` reports as held.
+//! reconciler and `Ack`s them; and what `Hello` reports as held. Fetches go over the
+//! session's connection until the certificate is renewed, then over a new connection with the
+//! current one (the hub refuses calls on a connection whose certificate it superseded).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -32,10 +34,25 @@ impl HubClient {
         mut work: mpsc::UnboundedReceiver<Work>,
         out: mpsc::Sender<pb::AgentMessage>,
     ) -> Result<(), SessionError> {
+        let (mut channel, mut generation) = (channel, self.credentials.generation());
         while let Some(first) = work.recv().await {
             let mut batch = vec![first];
             while let Ok(more) = work.try_recv() {
                 batch.push(more);
+            }
+            // The hub authorizes each call by the connection's certificate and accepts only
+            // the current and previous ones: after renewals the stream's own connection is
+            // too old for new calls, so fetch over one with the current certificate.
+            if self.credentials.generation() != generation {
+                generation = self.credentials.generation();
+                channel = self
+                    .credentials
+                    .endpoint()
+                    .map_err(|e| SessionError::Hub(e.to_string()))?
+                    .connect()
+                    .await
+                    .map_err(|e| SessionError::from_transport(&e))?;
+                debug!("fetching over a connection with the renewed certificate");
             }
             self.dispatch(&channel, batch, &out).await?;
         }

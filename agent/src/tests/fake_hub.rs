@@ -1,8 +1,9 @@
 //! A fake hub over real mTLS: `Register` (token `good`, any name, always cluster id `c-1`),
 //! `Connect` and `FetchManifests`. It signs CSRs with certificates of a settable lifetime,
 //! answers `RenewCertificate` (or refuses a set number of times), and like the real hub ends a
-//! stream with `UNAUTHENTICATED` when the newest certificate on it expires. What it sees goes
-//! to the test as [`Seen`] events.
+//! stream with `UNAUTHENTICATED` when the newest certificate on it expires, and refuses calls
+//! over a connection whose certificate is older than the previous one issued. What it sees
+//! goes to the test as [`Seen`] events.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -50,6 +51,8 @@ pub(crate) struct HubState {
     pub refuse_renewals: AtomicUsize,
     /// `Connect` calls accepted so far.
     pub connects: AtomicUsize,
+    /// The public keys certified so far, oldest first: only the last two are accepted.
+    pub issued_keys: Mutex<Vec<Vec<u8>>>,
 }
 
 #[derive(Clone)]
@@ -71,6 +74,7 @@ impl FakeHub {
         }
         let public_key = csr.public_key.der_bytes().to_vec();
         let cert = csr.signed_by(&self.0.issuer).map_err(|e| e.to_string())?;
+        self.0.issued_keys.lock().unwrap().push(public_key.clone());
         Ok((cert.pem(), public_key, not_after))
     }
 
@@ -142,6 +146,23 @@ impl FakeHub {
     }
 }
 
+/// The connection's certificate, if its key is the current or the previous one issued (the
+/// real hub's rule for every call), with its expiry.
+fn authorize<T>(hub: &HubState, req: &Request<T>) -> Result<SystemTime, Status> {
+    let Some(certs) = req.peer_certs().filter(|c| !c.is_empty()) else {
+        return Err(Status::unauthenticated("a client certificate is required"));
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
+    let key = cert.public_key().subject_public_key.data.to_vec();
+    let issued = hub.issued_keys.lock().unwrap();
+    if !issued.iter().rev().take(2).any(|k| *k == key) {
+        return Err(Status::permission_denied(
+            "this certificate was superseded by newer ones issued to the same cluster",
+        ));
+    }
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(cert.validity().not_after.timestamp() as u64))
+}
+
 #[tonic::async_trait]
 impl registration_server::Registration for FakeHub {
     async fn register(
@@ -180,12 +201,7 @@ impl agent_service_server::AgentService for FakeHub {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let Some(certs) = req.peer_certs().filter(|c| !c.is_empty()) else {
-            return Err(Status::unauthenticated("a client certificate is required"));
-        };
-        let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
-        let expires = SystemTime::UNIX_EPOCH
-            + Duration::from_secs(cert.validity().not_after.timestamp() as u64);
+        let expires = authorize(&self.0, &req)?;
         self.0.connects.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(16);
         *self.0.to_agent.lock().unwrap() = Some(tx.clone());
@@ -197,6 +213,7 @@ impl agent_service_server::AgentService for FakeHub {
         &self,
         req: Request<pb::FetchManifestsRequest>,
     ) -> Result<Response<Self::FetchManifestsStream>, Status> {
+        authorize(&self.0, &req)?;
         let hashes = req.into_inner().hashes;
         self.0.seen.send(Seen::Fetch(hashes.clone())).unwrap();
         let manifests = self.0.manifests.lock().unwrap();

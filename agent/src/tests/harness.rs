@@ -69,6 +69,7 @@ impl Harness {
             lifetime: Mutex::default(),
             refuse_renewals: Default::default(),
             connects: Default::default(),
+            issued_keys: Mutex::default(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());

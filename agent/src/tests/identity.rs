@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_proto::agent::v1 as pb;
 use flotilla_proto::agent::v1::hub_message::Kind as In;
+use serde_json::json;
 
 use super::harness::*;
 use crate::identity::{Identity, cert_info, new_key_and_csr, public_key_of};
@@ -66,8 +67,23 @@ async fn renews_on_the_live_stream_before_expiry_and_stores_the_new_key() {
     .await;
     h.send(In::Ping(pb::Ping { nonce: 9 })).await;
     assert_eq!(h.expect("pong", pong_nonce).await, 9);
-    assert_eq!(h.connects(), 1, "the stream was never reconnected");
     eventually("the second renewal is stored", || stored_with_key(&h, &key)).await;
+
+    // The hub now refuses the stream's first certificate for new calls: manifests are
+    // fetched over a connection with a current one.
+    let cm = h.offer(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}));
+    h.send(In::Deploy(pb::BundleDeployment {
+        deployment_id: "apps/app".into(),
+        bundle: "apps/app".into(),
+        revision: "r1".into(),
+        content_hash: "h1".into(),
+        default_namespace: "apps".into(),
+        manifests: vec![cm],
+    }))
+    .await;
+    h.expect("fetch", fetch_hashes).await;
+    assert_eq!(h.expect("ack", acked).await.content_hash, "h1");
+    assert_eq!(h.connects(), 1, "the stream was never reconnected");
     assert_eq!(
         h.identity_store().load().await.unwrap().unwrap().cluster_id,
         "c-1"
