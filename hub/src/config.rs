@@ -11,6 +11,10 @@ pub struct HubConfig {
     pub data_dir: PathBuf,
     /// The gRPC (agents and admin) listen address.
     pub listen: SocketAddr,
+    /// The plain-HTTP listen address for `/healthz`, `/readyz` and `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Accept TLS 1.2 clients too (TLS 1.3 only by default).
+    pub allow_tls12: bool,
     /// Extra DNS names or IPs for the serving certificate (localhost and loopback are always in).
     pub server_names: Vec<String>,
     /// Poll interval for GitRepos that do not set one.
@@ -27,9 +31,11 @@ impl HubConfig {
         Self {
             data_dir,
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            allow_tls12: false,
             server_names: Vec::new(),
             default_poll_interval: Duration::from_secs(15),
-            client_cert_ttl: Duration::from_secs(90 * 86400),
+            client_cert_ttl: Duration::from_secs(86400),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -246,6 +246,7 @@ impl HubClient {
             // Held deployments the hub did not answer about are unchanged; it sends a Removal
             // for the ones it no longer wants, so nothing is pruned on this signal alone.
             Some(In::SyncComplete(_)) => info!("in sync with the hub"),
+            Some(In::Certificate(_)) | Some(In::Trust(_)) => {}
             None => debug!("ignoring an empty or unknown message from the hub"),
         }
         Ok(())

@@ -82,6 +82,10 @@ impl Store {
     pub fn put_cluster(&self, c: &Cluster) -> Result<()> {
         put(&self.clusters, c.id.to_string().as_bytes(), c)
     }
+    pub fn delete_cluster(&self, id: ClusterId) -> Result<()> {
+        self.clusters.remove(id.to_string().as_bytes())?;
+        Ok(())
+    }
     pub fn clusters(&self) -> Result<Vec<Cluster>> {
         all(&self.clusters, CLUSTERS)
     }
@@ -91,6 +95,24 @@ impl Store {
     }
     pub fn token(&self, id: &str) -> Result<Option<RegistrationToken>> {
         get(&self.tokens, TOKENS, id.as_bytes())
+    }
+    pub fn tokens(&self) -> Result<Vec<RegistrationToken>> {
+        all(&self.tokens, TOKENS)
+    }
+    /// Mark token `id` revoked at `now`; returns it, or `None` if there is no such token.
+    pub fn revoke_token(&self, id: &str, now: i64) -> Result<Option<RegistrationToken>> {
+        let updated = self.tokens.update_and_fetch(id.as_bytes(), |old| {
+            let old = old?;
+            // A record this code cannot read is left exactly as it is.
+            let Ok(mut t) = serde_json::from_slice::<RegistrationToken>(old) else {
+                return Some(old.to_vec());
+            };
+            t.revoked_at.get_or_insert(now);
+            Some(serde_json::to_vec(&t).expect("model types serialize"))
+        })?;
+        updated
+            .map(|v| decode(TOKENS, id.as_bytes(), &v))
+            .transpose()
     }
     /// Count one use of token `id` atomically, unless `check` refuses it. Returns `None` for
     /// an unknown token, else the token as it was before this use, or `check`'s refusal.
