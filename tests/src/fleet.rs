@@ -316,6 +316,19 @@ impl TestFleet {
             .context("agent did not stop in time")??)
     }
 
+    /// The directory cluster `name`'s agent keeps its identity in.
+    pub fn agent_state_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        match &self
+            .clusters
+            .get(name)
+            .context("no such test cluster")?
+            .identity
+        {
+            IdentityStoreConfig::Dir(dir) => Ok(dir.clone()),
+            other => bail!("cluster {name} keeps its identity in {other:?}"),
+        }
+    }
+
     /// The emulated Kubernetes of cluster `name`.
     pub fn kube(&self, name: &str) -> Arc<KubeEmulator> {
         self.clusters[name].kube.clone()

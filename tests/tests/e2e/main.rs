@@ -4,3 +4,4 @@
 mod emulator;
 mod git_server;
 mod scenarios;
+mod security;
