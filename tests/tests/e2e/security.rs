@@ -272,15 +272,13 @@ async fn a_cluster_reports_only_about_its_own_deployments() -> anyhow::Result<()
             hashes: vec!["ab".repeat(32)],
         })
         .await
-        .err()
-        .expect("a manifest outside its deployments");
+        .expect_err("a manifest outside its deployments");
     assert_eq!(fetch.code(), tonic::Code::PermissionDenied, "{fetch:?}");
 
     let admin = AdminClient::new(channel)
         .list_clusters(api::ListClustersRequest {})
         .await
-        .err()
-        .expect("a cluster certificate is not an admin credential");
+        .expect_err("a cluster certificate is not an admin credential");
     assert_eq!(admin.code(), tonic::Code::Unauthenticated, "{admin:?}");
     assert!(admin.message().contains("admin credential"), "{admin:?}");
     assert_eq!(refusals(&fleet, "manifest_not_assigned").await?, 1.0);
