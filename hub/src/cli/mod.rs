@@ -156,6 +156,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
                     ttl_seconds: ttl.as_secs(),
                     max_uses,
                     description,
+                    // labels, group: implemented on main
+                    ..Default::default()
                 })
                 .await
                 .context("creating the token")?

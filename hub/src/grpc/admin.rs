@@ -138,6 +138,58 @@ impl api::admin_server::Admin for AdminService {
                 .collect(),
         }))
     }
+
+    // ---- implemented on main: stubs so this branch compiles; drop this block when merging ----
+    async fn list_tokens(
+        &self,
+        _req: Request<api::ListTokensRequest>,
+    ) -> Result<Response<api::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("implemented on main"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _req: Request<api::RevokeTokenRequest>,
+    ) -> Result<Response<api::Token>, Status> {
+        Err(Status::unimplemented("implemented on main"))
+    }
+
+    async fn delete_cluster(
+        &self,
+        _req: Request<api::DeleteClusterRequest>,
+    ) -> Result<Response<api::DeleteClusterResponse>, Status> {
+        Err(Status::unimplemented("implemented on main"))
+    }
+
+    async fn get_ca(
+        &self,
+        _req: Request<api::GetCaRequest>,
+    ) -> Result<Response<api::CaStatus>, Status> {
+        Err(Status::unimplemented("implemented on main"))
+    }
+
+    async fn rotate_ca(
+        &self,
+        _req: Request<api::RotateCaRequest>,
+    ) -> Result<Response<api::CaStatus>, Status> {
+        Err(Status::unimplemented("implemented on main"))
+    }
+
+    async fn retire_ca(
+        &self,
+        _req: Request<api::RetireCaRequest>,
+    ) -> Result<Response<api::CaStatus>, Status> {
+        Err(Status::unimplemented("implemented on main"))
+    }
+    // ---- end of: implemented on main ----
+
+    // Implemented in the next commit.
+    async fn get_hub_info(
+        &self,
+        _req: Request<api::GetHubInfoRequest>,
+    ) -> Result<Response<api::HubInfo>, Status> {
+        Err(Status::unimplemented("GetHubInfo"))
+    }
 }
 
 /// Check a GitRepo request and fill defaults; errors name the field.

@@ -356,6 +356,8 @@ impl AgentStream {
             Some(wire::agent_message::Kind::Hello(_)) => {
                 warn!("second Hello on one stream ignored")
             }
+            // Certificate renewal: implemented on main.
+            Some(wire::agent_message::Kind::Renew(_)) => {}
             Some(wire::agent_message::Kind::Pong(_)) | None => {}
         }
         Ok(())
