@@ -131,6 +131,7 @@ impl Hub {
             sources,
             client_cert_ttl: self.config.client_cert_ttl,
             default_poll_interval: self.config.default_poll_interval,
+            agent_url: self.config.agent_url_for(self.local_addr()),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// gRPC listen address for agents and admins.
     #[arg(long, env = "FLOTILLA_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: std::net::SocketAddr,
+    /// The https URL agents use to reach the hub, when it differs from --listen (behind a
+    /// Service or load balancer); `flotilla agent manifest` puts it in the agent's Secret.
+    #[arg(long, env = "FLOTILLA_AGENT_URL", value_parser = crate::config::parse_agent_url)]
+    pub agent_url: Option<String>,
     /// Extra DNS name or IP for the serving certificate (repeatable).
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,

@@ -139,6 +139,18 @@ impl api::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn get_hub_info(
+        &self,
+        req: Request<api::GetHubInfoRequest>,
+    ) -> Result<Response<api::HubInfo>, Status> {
+        authorize_admin(&req)?;
+        Ok(Response::new(api::HubInfo {
+            agent_url: self.0.agent_url.clone(),
+            ca_bundle_pem: self.0.pki.ca_pem().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
     // ---- implemented on main: stubs so this branch compiles; drop this block when merging ----
     async fn list_tokens(
         &self,
@@ -182,14 +194,6 @@ impl api::admin_server::Admin for AdminService {
         Err(Status::unimplemented("implemented on main"))
     }
     // ---- end of: implemented on main ----
-
-    // Implemented in the next commit.
-    async fn get_hub_info(
-        &self,
-        _req: Request<api::GetHubInfoRequest>,
-    ) -> Result<Response<api::HubInfo>, Status> {
-        Err(Status::unimplemented("GetHubInfo"))
-    }
 }
 
 /// Check a GitRepo request and fill defaults; errors name the field.

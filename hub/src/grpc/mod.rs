@@ -34,6 +34,8 @@ pub struct Context {
     pub sources: Arc<Sources>,
     pub client_cert_ttl: Duration,
     pub default_poll_interval: Duration,
+    /// The URL agents dial (`HubConfig::agent_url_for` the bound listener).
+    pub agent_url: String,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
