@@ -5,6 +5,7 @@
 //! Commands return their output as a string, so tests run them in-process.
 
 pub mod client;
+pub mod manifest;
 mod output;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Where every bundle stands on every cluster.
     Status(StatusArgs),
+    /// Installing agents on clusters.
+    #[command(subcommand)]
+    Agent(manifest::AgentCommand),
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +259,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
                         .collect::<Vec<_>>(),
                 ),
             })
+        }
+        Command::Agent(manifest::AgentCommand::Manifest(args)) => {
+            manifest::agent_manifest(&mut admin, args).await
         }
         Command::Status(args) => {
             let s = admin
