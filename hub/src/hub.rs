@@ -162,6 +162,7 @@ impl Hub {
             default_poll_interval: self.config.default_poll_interval,
             admin_credential: self.admin_credential.clone(),
             admin_server_url: self.server_url.clone(),
+            agent_url: self.config.agent_url_for(self.local_addr()),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
     config.server_names = args.server_names;
     config.default_poll_interval = args.poll_interval;
     config.client_cert_ttl = args.client_cert_ttl;
+    config.agent_url = args.agent_url;
     let hub = Hub::bind(config).await?;
     eprintln!(
         "flotilla hub listening on {}; admin credential: {}",

@@ -290,6 +290,11 @@ impl TestFleet {
     /// Start (or restart) the agent of cluster `name`.
     pub fn start_agent(&mut self, name: &str, token: Option<String>) -> anyhow::Result<()> {
         let config = self.agent_config(name, token)?;
+        self.start_agent_with(name, config)
+    }
+
+    /// Start (or restart) the agent of cluster `name` with this configuration.
+    pub fn start_agent_with(&mut self, name: &str, config: AgentConfig) -> anyhow::Result<()> {
         let c = self
             .clusters
             .get_mut(name)

@@ -5,6 +5,7 @@
 //! Commands return their output as a string, so tests run them in-process.
 
 pub mod client;
+pub mod manifest;
 mod output;
 mod security;
 
@@ -53,6 +54,9 @@ pub enum Command {
     /// The hub's certificate authorities: status and rotation.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Installing agents on clusters.
+    #[command(subcommand)]
+    Agent(manifest::AgentCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +87,10 @@ pub struct ServeArgs {
     /// Also accept TLS 1.2 clients (TLS 1.3 only by default).
     #[arg(long)]
     pub allow_tls12: bool,
+    /// The https URL agents use to reach the hub, when it differs from --listen (behind a
+    /// Service or load balancer); `flotilla agent manifest` puts it in the agent's Secret.
+    #[arg(long, env = "FLOTILLA_AGENT_URL", value_parser = crate::config::parse_agent_url)]
+    pub agent_url: Option<String>,
     /// Extra DNS name or IP for the serving certificate (repeatable).
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,
@@ -311,6 +319,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
         Command::Ca(CaCommand::Status(o)) => security::ca_status(&mut admin, o.output).await,
         Command::Ca(CaCommand::Rotate) => security::ca_rotate(&mut admin).await,
         Command::Ca(CaCommand::Retire { force }) => security::ca_retire(&mut admin, force).await,
+        Command::Agent(manifest::AgentCommand::Manifest(args)) => {
+            manifest::agent_manifest(&mut admin, args).await
+        }
         Command::Status(args) => {
             let s = admin
                 .get_status(api::GetStatusRequest {})

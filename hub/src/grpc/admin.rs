@@ -240,14 +240,6 @@ impl api::admin_server::Admin for AdminService {
         Ok(Response::new(self.ca_status()))
     }
 
-    // implemented on the install branch
-    async fn get_hub_info(
-        &self,
-        _req: Request<api::GetHubInfoRequest>,
-    ) -> Result<Response<api::HubInfo>, Status> {
-        Err(Status::unimplemented("merging"))
-    }
-
     async fn get_status(
         &self,
         req: Request<api::GetStatusRequest>,
@@ -262,6 +254,18 @@ impl api::admin_server::Admin for AdminService {
                 .iter()
                 .map(convert::deployment_status)
                 .collect(),
+        }))
+    }
+
+    async fn get_hub_info(
+        &self,
+        req: Request<api::GetHubInfoRequest>,
+    ) -> Result<Response<api::HubInfo>, Status> {
+        authorize_admin(&self.0, &req)?;
+        Ok(Response::new(api::HubInfo {
+            agent_url: self.0.agent_url.clone(),
+            ca_bundle_pem: self.0.pki.ca_pem().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }))
     }
 }

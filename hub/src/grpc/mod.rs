@@ -42,6 +42,8 @@ pub struct Context {
     /// Where the admin credential lives and the URL it names, rewritten after a CA change.
     pub admin_credential: PathBuf,
     pub admin_server_url: String,
+    /// The URL agents dial (`HubConfig::agent_url_for` the bound listener).
+    pub agent_url: String,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }

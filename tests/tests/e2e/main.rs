@@ -3,5 +3,6 @@
 
 mod emulator;
 mod git_server;
+// mod rotation; (lands with the agent's renewal)
 mod scenarios;
 mod security;
