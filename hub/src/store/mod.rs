@@ -32,6 +32,9 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// How long `open` waits for a lock held by a store of this process that is closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 const CLUSTERS: &str = "clusters";
 const TOKENS: &str = "tokens";
 const REPOS: &str = "gitrepos";
@@ -54,14 +57,28 @@ pub struct Store {
 impl Store {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(200))
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        let config = sled::Config::new().path(dir).flush_every_ms(Some(200));
+        // A store closed a moment ago in this process (a restarted hub) releases its file
+        // lock only when sled's flusher thread lets go of it: wait briefly for that.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports a held lock only in words (io::ErrorKind::Other).
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: dir.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         Ok(Self {
             clusters: db.open_tree(CLUSTERS)?,
             tokens: db.open_tree(TOKENS)?,
