@@ -71,7 +71,7 @@ pub use error::AgentError;
 
 use cluster::Cluster;
 use config::HubAddress;
-use hub_client::{HubClient, ManifestCache};
+use hub_client::{Credentials, HubClient, ManifestCache};
 use identity::IdentityStore;
 use reconcile::Reconciler;
 use status::StatusBoard;
@@ -99,8 +99,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     else {
         return Ok(());
     };
-    let trust = hub_client::trust_for(config.ca_pem.as_deref(), Some(&identity.ca_pem));
-    let endpoint = hub_client::endpoint(&hub, &trust, Some(&identity))?;
+    let identity_location = store.location();
+    let credentials = Arc::new(Credentials::new(
+        hub.clone(),
+        config.ca_pem.clone(),
+        store,
+        identity.clone(),
+    ));
+    // Fail fast on unusable TLS material instead of in every session.
+    credentials.endpoint()?;
 
     let tracker = TaskTracker::new();
     let board = Arc::new(StatusBoard::default());
@@ -112,13 +119,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         shutdown.clone(),
     );
     let client = HubClient {
-        endpoint,
+        credentials,
         cluster,
         reconciler,
         board,
         cache: Arc::new(ManifestCache::default()),
         backoff: config.backoff,
-        identity_location: store.location(),
+        identity_location,
     };
     info!(cluster = %identity.cluster_name, cluster_id = %identity.cluster_id, hub = %hub.url, "agent started");
     client.run(&shutdown).await;

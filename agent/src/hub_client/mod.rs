@@ -13,6 +13,7 @@
 //! - `register`: TLS endpoints and the one-time registration.
 
 mod convert;
+mod credentials;
 mod manifests;
 mod register;
 
@@ -30,11 +31,12 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, error, info, warn};
 
+pub(crate) use credentials::Credentials;
 pub(crate) use manifests::ManifestCache;
-pub(crate) use register::{endpoint, obtain_identity, trust_for};
+pub(crate) use register::obtain_identity;
 
 use crate::backoff::Backoff;
 use crate::cluster::{ApiError, Cluster};
@@ -102,7 +104,8 @@ enum Work {
 
 /// Everything a session needs; lives for the whole agent.
 pub(crate) struct HubClient {
-    pub endpoint: Endpoint,
+    /// The current certificate and trust; renewed during sessions.
+    pub credentials: Arc<Credentials>,
     pub cluster: Cluster,
     pub reconciler: Reconciler,
     pub board: Arc<StatusBoard>,
@@ -191,8 +194,11 @@ impl HubClient {
     /// One stream, from `Hello` until it breaks. `up_since` is set once the hub accepted it.
     async fn session(&self, up_since: &mut Option<Instant>) -> Result<(), SessionError> {
         let hello = self.hello().await?;
-        let channel = self
-            .endpoint
+        let endpoint = self
+            .credentials
+            .endpoint()
+            .map_err(|e| SessionError::Hub(e.to_string()))?;
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| SessionError::from_transport(&e))?;
@@ -229,6 +235,11 @@ impl HubClient {
                     self.flush(&out).await?;
                 }
                 ended = &mut dispatcher => return ended,
+                _ = tokio::time::sleep_until(self.credentials.renew_at()) => {
+                    let csr_pem = self.credentials.start_renewal().map_err(|e| SessionError::Hub(e.to_string()))?;
+                    info!("renewing the client certificate");
+                    send(&out, Out::Renew(pb::RenewCertificate { csr_pem })).await?;
+                }
             }
         }
     }
@@ -246,7 +257,18 @@ impl HubClient {
             // Held deployments the hub did not answer about are unchanged; it sends a Removal
             // for the ones it no longer wants, so nothing is pruned on this signal alone.
             Some(In::SyncComplete(_)) => info!("in sync with the hub"),
-            Some(In::Certificate(_)) | Some(In::Trust(_)) => {}
+            Some(In::Certificate(c)) => {
+                self.credentials
+                    .issued(c.certificate_pem, c.ca_bundle_pem, c.error)
+                    .await
+            }
+            Some(In::Trust(t)) => {
+                self.credentials.trust(t.ca_bundle_pem).await;
+                if t.renew {
+                    info!("the hub signs with a new CA; renewing now");
+                    self.credentials.renew_now();
+                }
+            }
             None => debug!("ignoring an empty or unknown message from the hub"),
         }
         Ok(())
@@ -271,10 +293,25 @@ impl HubClient {
         mut work: mpsc::UnboundedReceiver<Work>,
         out: mpsc::Sender<pb::AgentMessage>,
     ) -> Result<(), SessionError> {
+        let mut channel = channel;
+        let mut generation = self.credentials.generation();
         while let Some(first) = work.recv().await {
             let mut batch = vec![first];
             while let Ok(more) = work.try_recv() {
                 batch.push(more);
+            }
+            // After renewals the stream's connection carries a certificate the hub no longer
+            // accepts for new calls: fetch over a connection with the current one.
+            if self.credentials.generation() != generation {
+                generation = self.credentials.generation();
+                let endpoint = self
+                    .credentials
+                    .endpoint()
+                    .map_err(|e| SessionError::Hub(e.to_string()))?;
+                channel = endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| SessionError::from_transport(&e))?;
             }
             self.dispatch(&channel, batch, &out).await?;
         }
@@ -543,8 +580,22 @@ mod tests {
         reconciler.deploy(target("applying", "new"));
         reconciler.deploy(target("queued", "q"));
         reconciler.remove("removing");
+        let state = tempfile::tempdir().unwrap();
+        let credentials = Credentials::new(
+            crate::config::HubAddress::parse("https://127.0.0.1:9").unwrap(),
+            None,
+            crate::identity::IdentityStore::Dir(state.path().to_path_buf()),
+            crate::identity::Identity {
+                cluster_id: "id".into(),
+                cluster_name: "c".into(),
+                key_pem: String::new(),
+                cert_pem: String::new(),
+                ca_pem: String::new(),
+                hub_url: "https://127.0.0.1:9".into(),
+            },
+        );
         let client = HubClient {
-            endpoint: Endpoint::from_static("http://127.0.0.1:9"),
+            credentials: Arc::new(credentials),
             cluster,
             reconciler,
             board,

@@ -21,12 +21,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The PEM bundles to trust for the hub. An explicitly configured CA wins; otherwise the CA the
-/// hub handed out at registration; with neither, the platform's roots (an empty list).
+/// The PEM bundles to trust for the hub. The bundle the hub handed out (at registration, then
+/// in every trust update of a CA rotation) wins: a configured CA goes stale when the hub's CA
+/// rotates. The configured CA serves the first contact; with neither, the platform's roots
+/// (an empty list).
 pub(crate) fn trust_for(configured: Option<&str>, from_identity: Option<&str>) -> Vec<String> {
     let non_empty = |s: Option<&str>| s.filter(|s| !s.trim().is_empty()).map(str::to_owned);
-    non_empty(configured)
-        .or_else(|| non_empty(from_identity))
+    non_empty(from_identity)
+        .or_else(|| non_empty(configured))
         .into_iter()
         .collect()
 }
@@ -234,10 +236,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn configured_ca_wins_then_the_hubs_then_platform_roots() {
-        assert_eq!(trust_for(Some("A"), Some("B")), ["A"]);
+    fn the_hubs_bundle_wins_then_the_configured_ca_then_platform_roots() {
+        assert_eq!(trust_for(Some("A"), Some("B")), ["B"]);
+        assert_eq!(trust_for(Some("A"), Some(" ")), ["A"]);
         assert_eq!(trust_for(None, Some("B")), ["B"]);
-        assert_eq!(trust_for(Some("  "), Some("B")), ["B"]);
         assert!(trust_for(None, Some("")).is_empty());
         assert!(trust_for(None, None).is_empty());
     }

@@ -3,6 +3,6 @@
 
 mod emulator;
 mod git_server;
-// mod rotation; (lands with the agent's renewal)
+mod rotation;
 mod scenarios;
 mod security;
