@@ -321,6 +321,16 @@ impl TestFleet {
             .context("agent did not stop in time")??)
     }
 
+    /// The kubeconfig file of cluster `name`'s emulated API server.
+    pub fn kubeconfig_path(&self, name: &str) -> anyhow::Result<PathBuf> {
+        Ok(self
+            .clusters
+            .get(name)
+            .context("no such test cluster")?
+            .kubeconfig
+            .clone())
+    }
+
     /// The directory cluster `name`'s agent keeps its identity in.
     pub fn agent_state_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
         match &self
