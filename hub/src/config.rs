@@ -11,6 +11,10 @@ pub struct HubConfig {
     pub data_dir: PathBuf,
     /// The gRPC (agents and admin) listen address.
     pub listen: SocketAddr,
+    /// The plain-HTTP listen address for `/healthz`, `/readyz` and `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Accept TLS 1.2 clients too (TLS 1.3 only by default).
+    pub allow_tls12: bool,
     /// Extra DNS names or IPs for the serving certificate (localhost and loopback are always in).
     pub server_names: Vec<String>,
     /// Poll interval for GitRepos that do not set one.
@@ -19,6 +23,9 @@ pub struct HubConfig {
     pub client_cert_ttl: Duration,
     /// How long shutdown waits for tasks to finish.
     pub shutdown_grace: Duration,
+    /// The https URL agents dial, when it differs from the listen address (a Service or a
+    /// load balancer in front of the hub); `None` derives it from the bound listener.
+    pub agent_url: Option<String>,
 }
 
 impl HubConfig {
@@ -27,12 +34,44 @@ impl HubConfig {
         Self {
             data_dir,
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            allow_tls12: false,
             server_names: Vec::new(),
             default_poll_interval: Duration::from_secs(15),
-            client_cert_ttl: Duration::from_secs(90 * 86400),
+            client_cert_ttl: Duration::from_secs(86400),
             shutdown_grace: Duration::from_secs(10),
+            agent_url: None,
         }
     }
+
+    /// The URL agents dial: `agent_url` if set, else `https://<host>:<port>` of the bound
+    /// listener (127.0.0.1 when it listens on every interface).
+    pub fn agent_url_for(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.agent_url {
+            return url.clone();
+        }
+        let ip = bound.ip();
+        let host = match ip {
+            _ if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+        };
+        format!("https://{host}:{}", bound.port())
+    }
+}
+
+/// Check an `--agent-url`: `https://host[:port]`, nothing else (agents only speak TLS).
+pub fn parse_agent_url(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("https://").ok_or_else(|| {
+        format!("{s:?} must start with https:// (agents only dial the hub over TLS), e.g. https://hub.example.com:8443")
+    })?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "{s:?} must be https://host[:port] with no path, user or query, e.g. https://hub.example.com:8443"
+        ));
+    }
+    Ok(format!("https://{authority}"))
 }
 
 /// Parse a duration like `90s`, `15m`, `1h`, `7d` (or plain seconds).
@@ -63,5 +102,34 @@ mod tests {
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
         assert!(parse_duration("1w").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn agent_urls() {
+        let mut c = HubConfig::new("d".into());
+        let any: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        assert_eq!(c.agent_url_for(any), "https://127.0.0.1:8443");
+        let v6: SocketAddr = "[::1]:9000".parse().unwrap();
+        assert_eq!(c.agent_url_for(v6), "https://[::1]:9000");
+        let local: SocketAddr = "10.0.0.5:443".parse().unwrap();
+        assert_eq!(c.agent_url_for(local), "https://10.0.0.5:443");
+        c.agent_url = Some("https://hub.example.com".into());
+        assert_eq!(c.agent_url_for(any), "https://hub.example.com");
+
+        assert_eq!(
+            parse_agent_url("https://hub.example.com:8443/").unwrap(),
+            "https://hub.example.com:8443"
+        );
+        assert!(
+            parse_agent_url("http://hub:8443")
+                .unwrap_err()
+                .contains("https://")
+        );
+        assert!(parse_agent_url("https://").is_err());
+        assert!(
+            parse_agent_url("https://hub/grpc")
+                .unwrap_err()
+                .contains("no path")
+        );
     }
 }

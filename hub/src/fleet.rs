@@ -20,7 +20,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    Bundle, BundleContent, BundleId, Cluster, ClusterId, DeploymentState, ReportedStatus, unix_now,
+    Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, DeploymentState,
+    ReportedStatus, unix_now,
 };
 use crate::store::{Store, StoreError};
 
@@ -64,6 +65,14 @@ pub struct DeploymentView {
     pub reported: Option<ReportedStatus>,
     pub state: DeploymentState,
     pub message: String,
+}
+
+/// What `delete_cluster` removed.
+#[derive(Clone, Debug)]
+pub struct DeletedCluster {
+    pub cluster: Cluster,
+    pub was_connected: bool,
+    pub deployments: usize,
 }
 
 /// A cluster with its presence.
@@ -133,6 +142,11 @@ impl Fleet {
         self.read().clusters.get(&id).map(|e| e.cluster.clone())
     }
 
+    /// How many clusters are registered.
+    pub fn cluster_count(&self) -> usize {
+        self.read().clusters.len()
+    }
+
     /// The id of the cluster called `name`.
     pub fn cluster_by_name(&self, name: &str) -> Option<ClusterId> {
         self.read().names.get(name).copied()
@@ -171,6 +185,58 @@ impl Fleet {
             c.clone()
         };
         self.store.put_cluster(&updated)
+    }
+
+    /// Record a certificate issued to `id` (registration again, or renewal).
+    pub fn set_certificate(
+        &self,
+        id: ClusterId,
+        certificate: ClusterCertificate,
+    ) -> Result<bool, StoreError> {
+        let updated = {
+            let mut st = self.write();
+            let Some(entry) = st.clusters.get_mut(&id) else {
+                return Ok(false);
+            };
+            entry.cluster.certificate = certificate;
+            entry.cluster.clone()
+        };
+        self.store.put_cluster(&updated)?;
+        Ok(true)
+    }
+
+    /// Delete a cluster: forget it, its deployments and their status, and end its stream.
+    /// Returns the cluster, whether it was connected, and how many deployments it had.
+    pub fn delete_cluster(&self, id: ClusterId) -> Result<Option<DeletedCluster>, StoreError> {
+        let mut st = self.write();
+        let Some(entry) = st.clusters.get(&id) else {
+            return Ok(None);
+        };
+        // The store first: if it fails, nothing changed.
+        let desired: Vec<BundleId> = st
+            .desired
+            .get(&id)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        for bundle in &desired {
+            self.store.delete_status(id, bundle)?;
+        }
+        self.store.delete_cluster(id)?;
+        let was_connected = entry.presence.connected;
+        let entry = st.clusters.remove(&id).expect("checked above");
+        st.names.remove(&entry.cluster.name);
+        st.desired.remove(&id);
+        for bundle in &desired {
+            st.status.remove(&(id, bundle.clone()));
+        }
+        if let Some((_, session)) = &entry.session {
+            session.cancel();
+        }
+        Ok(Some(DeletedCluster {
+            cluster: entry.cluster,
+            was_connected,
+            deployments: desired.len(),
+        }))
     }
 
     /// Register a live stream for `cluster`, replacing (cancelling) an older one.

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,9 @@ use tracing::{info, warn};
 
 use crate::config::HubConfig;
 use crate::fleet::Fleet;
+use crate::grpc::tls::{Tls, TlsError};
+use crate::http::Probe;
+use crate::metrics::Metrics;
 use crate::pki::{Pki, PkiError, write_private};
 use crate::source::Sources;
 use crate::store::{Store, StoreError};
@@ -30,11 +34,17 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pki(#[from] PkiError),
-    #[error("cannot listen on {addr}: {source}; is another hub running, or pick another --listen")]
+    #[error(
+        "cannot listen on {addr}: {source}; is another hub running, or pick another --listen / --http-listen"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("the HTTP (health, metrics) server failed: {0}")]
+    Http(std::io::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("cannot write the admin credential: {0}")]
@@ -60,7 +70,11 @@ pub struct Hub {
     store: Store,
     fleet: Arc<Fleet>,
     pki: Arc<Pki>,
+    tls: Arc<Tls>,
+    metrics: Arc<Metrics>,
     listener: TcpListener,
+    http_listener: TcpListener,
+    server_url: String,
     admin_credential: PathBuf,
 }
 
@@ -73,25 +87,32 @@ impl Hub {
         let store = Store::open(&dir.join("store"))?;
         let pki = Arc::new(Pki::load_or_create(&dir.join("pki"), &config.server_names)?);
         let fleet = Fleet::load(store.clone())?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| HubError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| HubError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let tls = Arc::new(Tls::new(pki.clone(), config.allow_tls12)?);
+        let listener = bind(config.listen).await?;
+        let http_listener = bind(config.http_listen).await?;
+        let addr = local(&listener, config.listen)?;
+        let server_url = server_url(addr);
         let admin_credential = dir.join("admin.yaml");
-        write_admin_credential(&admin_credential, &pki, addr)?;
-        info!(addr = %addr, data_dir = %dir.display(), clusters = fleet.clusters().len(), "hub bound");
+        write_admin_credential(&admin_credential, &pki, &server_url)?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.clusters.set(fleet.cluster_count() as i64);
+        info!(
+            addr = %addr,
+            http = %local(&http_listener, config.http_listen)?,
+            data_dir = %dir.display(),
+            clusters = fleet.cluster_count(),
+            "hub bound"
+        );
         Ok(Self {
             config,
             store,
             fleet,
             pki,
+            tls,
+            metrics,
             listener,
+            http_listener,
+            server_url,
             admin_credential,
         })
     }
@@ -103,6 +124,13 @@ impl Hub {
             .expect("bound listener has an address")
     }
 
+    /// The address the HTTP (health, metrics) listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
     /// Path of the admin credential (`<data-dir>/admin.yaml`).
     pub fn admin_credential_path(&self) -> &Path {
         &self.admin_credential
@@ -110,7 +138,7 @@ impl Hub {
 
     /// The CA agents must trust, PEM.
     pub fn ca_pem(&self) -> String {
-        self.pki.ca_pem().to_string()
+        self.pki.ca_pem()
     }
 
     /// Serve until `shutdown` is cancelled, then stop every task within the grace period.
@@ -129,12 +157,27 @@ impl Hub {
             fleet: self.fleet.clone(),
             pki: self.pki.clone(),
             sources,
+            metrics: self.metrics.clone(),
             client_cert_ttl: self.config.client_cert_ttl,
             default_poll_interval: self.config.default_poll_interval,
+            admin_credential: self.admin_credential.clone(),
+            admin_server_url: self.server_url.clone(),
+            agent_url: self.config.agent_url_for(self.local_addr()),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });
-        let served = crate::grpc::serve(ctx, self.listener, shutdown.clone()).await;
+        let ready = Arc::new(AtomicBool::new(true));
+        let probe = Probe {
+            metrics: self.metrics.clone(),
+            ready: ready.clone(),
+        };
+        let http = tasks.spawn(crate::http::serve(
+            self.http_listener,
+            probe,
+            shutdown.clone(),
+        ));
+        let served = crate::grpc::serve(ctx, self.listener, self.tls, shutdown.clone()).await;
+        ready.store(false, Ordering::Relaxed);
         shutdown.cancel();
         tasks.close();
         if tokio::time::timeout(self.config.shutdown_grace, tasks.wait())
@@ -145,7 +188,11 @@ impl Hub {
         }
         self.store.flush().await?;
         info!("hub stopped");
-        served.map_err(HubError::from)
+        served?;
+        match http.await {
+            Ok(Err(e)) => Err(HubError::Http(e)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -165,9 +212,20 @@ fn create_private_dir(dir: &Path) -> Result<(), HubError> {
     Ok(())
 }
 
-/// Write (or refresh the server URL of) the admin credential. The admin certificate is
-/// issued once and kept.
-fn write_admin_credential(path: &Path, pki: &Pki, addr: SocketAddr) -> Result<(), HubError> {
+async fn bind(addr: SocketAddr) -> Result<TcpListener, HubError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HubError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, HubError> {
+    listener
+        .local_addr()
+        .map_err(|source| HubError::Bind { addr, source })
+}
+
+/// The URL that reaches a listener bound to `addr` from this machine.
+fn server_url(addr: SocketAddr) -> String {
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -178,7 +236,14 @@ fn write_admin_credential(path: &Path, pki: &Pki, addr: SocketAddr) -> Result<()
     } else {
         host
     };
-    let server = format!("https://{host}:{}", addr.port());
+    format!("https://{host}:{}", addr.port())
+}
+
+/// Write (or refresh the server URL of) the admin credential. The admin certificate is
+/// kept while the hub's CA bundle is unchanged, and issued afresh from the active CA when a
+/// CA rotation changed it.
+pub(crate) fn write_admin_credential(path: &Path, pki: &Pki, server: &str) -> Result<(), HubError> {
+    let server = server.to_string();
     let existing = std::fs::read_to_string(path)
         .ok()
         .and_then(|s| serde_saphyr::from_str::<AdminCredential>(&s).ok());
@@ -188,7 +253,7 @@ fn write_admin_credential(path: &Path, pki: &Pki, addr: SocketAddr) -> Result<()
             let (cert, key) = pki.issue_admin("admin", Duration::from_secs(365 * 86400))?;
             AdminCredential {
                 server,
-                ca: pki.ca_pem().to_string(),
+                ca: pki.ca_pem(),
                 cert,
                 key,
             }

@@ -21,9 +21,12 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let mut config = HubConfig::new(args.data_dir);
     config.listen = args.listen;
+    config.http_listen = args.http_listen;
+    config.allow_tls12 = args.allow_tls12;
     config.server_names = args.server_names;
     config.default_poll_interval = args.poll_interval;
     config.client_cert_ttl = args.client_cert_ttl;
+    config.agent_url = args.agent_url;
     let hub = Hub::bind(config).await?;
     eprintln!(
         "flotilla hub listening on {}; admin credential: {}",

@@ -43,7 +43,59 @@ pub struct Cluster {
     pub registered_at: i64,
     pub agent_version: String,
     pub kubernetes_version: String,
+    /// The registration token the cluster registered with.
+    #[serde(default)]
+    pub token_id: String,
+    /// The cluster's current client certificate.
+    #[serde(default)]
+    pub certificate: ClusterCertificate,
 }
+
+/// What the hub remembers of the certificates it issued to a cluster: enough to accept the
+/// current one and the one before it (a renewal in flight), to recognise the cluster's key
+/// when it registers again, and to tell which CA each cluster is on during a rotation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCertificate {
+    /// Hex SHA-256 of the current certificate's public key.
+    pub key_sha256: String,
+    /// The key of the certificate before, still accepted until it expires.
+    pub previous_key_sha256: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Fingerprint of the CA that signed the current certificate.
+    pub ca_fingerprint: String,
+}
+
+impl ClusterCertificate {
+    /// Whether a certificate for `key_sha256` is one the hub still accepts for this cluster.
+    pub fn accepts(&self, key_sha256: &str) -> bool {
+        // Clusters stored before keys were recorded have no key on file: accept them.
+        self.key_sha256.is_empty()
+            || self.key_sha256 == key_sha256
+            || self.previous_key_sha256 == key_sha256
+    }
+
+    /// The record after a new certificate for `key_sha256` was issued.
+    pub fn renewed(&self, key_sha256: String, not_after: i64, ca_fingerprint: String) -> Self {
+        let previous = if self.key_sha256 == key_sha256 {
+            self.previous_key_sha256.clone()
+        } else {
+            self.key_sha256.clone()
+        };
+        Self {
+            key_sha256,
+            previous_key_sha256: previous,
+            not_after,
+            ca_fingerprint,
+        }
+    }
+}
+
+/// The label a registration token's `--group` puts on clusters: group membership.
+pub const GROUP_LABEL: &str = "flotilla.dev/group";
+/// Prefix of the labels an agent reports about its own cluster. Kept apart from the labels an
+/// admin or a token gives, so that an agent cannot claim a label that targets it.
+pub const AGENT_LABEL_PREFIX: &str = "agent.flotilla.dev/";
 
 /// A registration token. Only the SHA-256 of its secret is ever stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +110,65 @@ pub struct RegistrationToken {
     /// 0 means unlimited.
     pub max_uses: u32,
     pub uses: u32,
+    /// Put on every cluster that registers with this token.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The cluster group registered clusters join (as the label [`GROUP_LABEL`]).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Unix seconds when it was revoked.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+impl RegistrationToken {
+    /// Why this token cannot register a cluster at `now`, if it cannot.
+    pub fn refusal(&self, now: i64) -> Option<TokenRefusal> {
+        if self.revoked_at.is_some() {
+            Some(TokenRefusal::Revoked)
+        } else if self.expires_at <= now {
+            Some(TokenRefusal::Expired)
+        } else if self.max_uses != 0 && self.uses >= self.max_uses {
+            Some(TokenRefusal::UsedUp)
+        } else {
+            None
+        }
+    }
+
+    /// `active`, `expired`, `used up` or `revoked`, for listings.
+    pub fn state(&self, now: i64) -> &'static str {
+        self.refusal(now).map_or("active", TokenRefusal::state)
+    }
+}
+
+/// Why a registration token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+impl TokenRefusal {
+    /// The reason, as the caller reads it.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Unknown => "it is not known to this hub",
+            Self::Expired => "it has expired",
+            Self::UsedUp => "it has been used as many times as it allows",
+            Self::Revoked => "it was revoked",
+        }
+    }
+
+    fn state(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Expired => "expired",
+            Self::UsedUp => "used up",
+            Self::Revoked => "revoked",
+        }
+    }
 }
 
 /// What the hub watches in Git, as the admin gave it.

@@ -8,7 +8,11 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::time::Duration;
+
+use sha2::Digest;
+use tokio::sync::watch;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
@@ -30,6 +34,14 @@ pub enum PkiError {
     Cert(#[from] rcgen::Error),
     #[error("the certificate signing request is not valid PEM PKCS#10 with a valid signature")]
     BadCsr,
+    #[error(
+        "a CA certificate in the data directory is unreadable; restore the pki directory from a backup"
+    )]
+    BadCa,
+    #[error("a CA rotation is already in progress; finish it with `flotilla ca retire` first")]
+    RotationInProgress,
+    #[error("no CA rotation is in progress; start one with `flotilla ca rotate`")]
+    NoRotation,
 }
 
 type Result<T> = std::result::Result<T, PkiError>;
@@ -44,112 +56,337 @@ pub enum PeerIdentity {
 const CLUSTER_URI: &str = "flotilla://cluster/";
 const ADMIN_URI: &str = "flotilla://admin/";
 
-/// The CA and the hub's own serving identity.
-pub struct Pki {
-    ca_pem: String,
+/// One certificate authority: its certificate and signing key.
+struct Ca {
+    cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    info: CaInfo,
+}
+
+/// What is public about a CA, for status listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaInfo {
+    /// Hex SHA-256 of the certificate's DER.
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Which CAs exist right now, and the serving identity.
+struct State {
+    /// Signs every new client certificate.
+    active: Ca,
+    /// During a rotation: the CA being retired, still trusted, and still the one that signs
+    /// the serving certificate (agents that have not yet learnt the new CA must reach us).
+    previous: Option<Ca>,
     server_cert_pem: String,
     server_key_pem: String,
 }
 
+/// A cluster certificate just signed.
+#[derive(Clone, Debug)]
+pub struct IssuedCert {
+    pub pem: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Fingerprint of the CA that signed it.
+    pub ca_fingerprint: String,
+    /// Hex SHA-256 of the certified public key (SubjectPublicKeyInfo DER).
+    pub key_sha256: String,
+}
+
+/// The hub's CAs and serving identity. Shared; a CA rotation changes it in place and bumps
+/// the generation that the TLS listener and agent streams watch.
+pub struct Pki {
+    dir: PathBuf,
+    names: Vec<String>,
+    state: RwLock<State>,
+    generation: watch::Sender<u64>,
+}
+
+const ACTIVE: &str = "ca";
+const PREVIOUS: &str = "previous-ca";
+
 impl Pki {
-    /// Load the CA and serving certificate from `dir`, creating what is missing. The serving
-    /// certificate is re-issued when `server_names` changed or it expires within 30 days.
+    /// Load the CAs and serving certificate from `dir`, creating what is missing. The serving
+    /// certificate is re-issued when `server_names` changed, it expires within 30 days, or
+    /// the CA that should sign it changed.
     pub fn load_or_create(dir: &Path, server_names: &[String]) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
             path: dir.into(),
             source,
         })?;
-        let (ca_pem, ca_key) = match (read(&dir.join("ca.crt"))?, read(&dir.join("ca.key"))?) {
-            (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key)?),
-            _ => {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::default();
-                params.distinguished_name = dn("Flotilla hub CA");
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-                params.not_before = OffsetDateTime::now_utc() - Duration::from_secs(300);
-                params.not_after =
-                    OffsetDateTime::now_utc() + Duration::from_secs(10 * 365 * 86400);
-                let cert = params.self_signed(&key)?;
-                write_private(&dir.join("ca.key"), &key.serialize_pem())?;
-                write_private(&dir.join("ca.crt"), &cert.pem())?;
-                (cert.pem(), key)
-            }
+        let active = match load_ca(dir, ACTIVE)? {
+            Some(ca) => ca,
+            None => new_ca(dir, ACTIVE)?,
         };
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+        let previous =
+            load_ca(dir, PREVIOUS)?.filter(|p| p.info.fingerprint != active.info.fingerprint);
         let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         names.extend(server_names.iter().cloned());
         names.dedup();
-        let names_file = names.join("\n");
+        let mut state = State {
+            active,
+            previous,
+            server_cert_pem: String::new(),
+            server_key_pem: String::new(),
+        };
         let current = (
             read(&dir.join("server.crt"))?,
             read(&dir.join("server.key"))?,
             read(&dir.join("server.names"))?,
         );
-        let (server_cert_pem, server_key_pem) = match current {
-            (Some(cert), Some(key), Some(n)) if n == names_file && !expires_soon(&cert) => {
-                (cert, key)
+        match current {
+            (Some(cert), Some(key), Some(n))
+                if n == names.join("\n")
+                    && !expires_soon(&cert)
+                    && issued_by(&cert, state.serving_ca()) =>
+            {
+                state.server_cert_pem = cert;
+                state.server_key_pem = key;
             }
-            _ => {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(names.clone())?;
-                params.distinguished_name = dn("flotilla-hub");
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-                params.not_before = OffsetDateTime::now_utc() - Duration::from_secs(300);
-                params.not_after = OffsetDateTime::now_utc() + Duration::from_secs(365 * 86400);
-                let cert = params.signed_by(&key, &issuer)?;
-                write_private(&dir.join("server.key"), &key.serialize_pem())?;
-                write_private(&dir.join("server.crt"), &cert.pem())?;
-                write_private(&dir.join("server.names"), &names_file)?;
-                (cert.pem(), key.serialize_pem())
-            }
-        };
+            _ => issue_server(dir, &names, &mut state)?,
+        }
         Ok(Self {
-            ca_pem,
-            issuer,
-            server_cert_pem,
-            server_key_pem,
+            dir: dir.to_path_buf(),
+            names,
+            state: RwLock::new(state),
+            generation: watch::Sender::new(0),
         })
     }
 
-    /// The CA certificate agents and the CLI must trust, PEM.
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The CA certificates to trust for the hub and its clients, PEM: the active CA, and
+    /// during a rotation the previous one too.
+    pub fn ca_pem(&self) -> String {
+        let s = self.read();
+        let mut pem = s.active.cert_pem.clone();
+        if let Some(p) = &s.previous {
+            if !pem.ends_with('\n') {
+                pem.push('\n');
+            }
+            pem.push_str(&p.cert_pem);
+        }
+        pem
+    }
+
+    /// The CAs, active first.
+    pub fn cas(&self) -> Vec<(CaInfo, CaRole)> {
+        let s = self.read();
+        let serving = s.serving_ca().info.fingerprint.clone();
+        let mut out = vec![(s.active.info.clone(), CaRole::Active)];
+        if let Some(p) = &s.previous {
+            out.push((p.info.clone(), CaRole::Previous));
+        }
+        for (info, role) in &mut out {
+            if info.fingerprint == serving {
+                *role = role.serving();
+            }
+        }
+        out
+    }
+
+    /// Fingerprint of the CA that signs new client certificates.
+    pub fn active_fingerprint(&self) -> String {
+        self.read().active.info.fingerprint.clone()
     }
 
     /// The hub's serving certificate and key, PEM.
-    pub fn server_identity(&self) -> (&str, &str) {
-        (&self.server_cert_pem, &self.server_key_pem)
+    pub fn server_identity(&self) -> (String, String) {
+        let s = self.read();
+        (s.server_cert_pem.clone(), s.server_key_pem.clone())
     }
 
-    /// Sign a cluster's CSR. Only the CSR's public key is used: subject, SANs and usages are
-    /// the hub's choice, so a CSR cannot ask for another identity.
+    /// A receiver that changes whenever the CAs or the serving identity change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Begin a rotation: a new CA becomes active (it signs every certificate from now on);
+    /// the old one stays trusted and keeps signing the serving certificate until `retire`.
+    pub fn rotate(&self) -> Result<()> {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if s.previous.is_some() {
+            return Err(PkiError::RotationInProgress);
+        }
+        // Keep the old CA on disk first: a crash after this leaves the old CA active and
+        // also listed as previous, which loading treats as no rotation.
+        write_ca(&self.dir, PREVIOUS, &s.active)?;
+        let new = new_ca(&self.dir, ACTIVE)?;
+        let old = std::mem::replace(&mut s.active, new);
+        s.previous = Some(old);
+        drop(s);
+        self.generation.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// End a rotation: the previous CA is no longer trusted, and the serving certificate is
+    /// re-issued by the active CA.
+    pub fn retire(&self) -> Result<()> {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if s.previous.is_none() {
+            return Err(PkiError::NoRotation);
+        }
+        let retired = s.previous.take();
+        if let Err(e) = issue_server(&self.dir, &self.names, &mut s) {
+            s.previous = retired;
+            return Err(e);
+        }
+        for ext in ["crt", "key"] {
+            let path = self.dir.join(format!("{PREVIOUS}.{ext}"));
+            std::fs::remove_file(&path).map_err(|source| PkiError::Io { path, source })?;
+        }
+        drop(s);
+        self.generation.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Sign a cluster's CSR with the active CA. Only the CSR's public key is used: subject,
+    /// SANs and usages are the hub's choice, so a CSR cannot ask for another identity.
     pub fn sign_cluster_csr(
         &self,
         csr_pem: &str,
         id: ClusterId,
         name: &str,
         ttl: Duration,
-    ) -> Result<String> {
+    ) -> Result<IssuedCert> {
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::BadCsr)?;
         let params = client_params(&format!("{CLUSTER_URI}{id}"), name, ttl)?;
-        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+        let s = self.read();
+        let cert = params.signed_by(&csr.public_key, &s.active.issuer)?;
+        // Read back exactly as a peer certificate is read, so the key hashes compare.
+        let peer = peer_cert(cert.der()).ok_or(PkiError::BadCsr)?;
+        Ok(IssuedCert {
+            pem: cert.pem(),
+            not_after: peer.not_after,
+            ca_fingerprint: s.active.info.fingerprint.clone(),
+            key_sha256: peer.key_sha256,
+        })
     }
 
-    /// Issue an admin client certificate and its key, PEM.
+    /// Issue an admin client certificate and its key, PEM, from the active CA.
     pub fn issue_admin(&self, name: &str, ttl: Duration) -> Result<(String, String)> {
         let key = KeyPair::generate()?;
         let params = client_params(&format!("{ADMIN_URI}{name}"), name, ttl)?;
+        let s = self.read();
         Ok((
-            params.signed_by(&key, &self.issuer)?.pem(),
+            params.signed_by(&key, &s.active.issuer)?.pem(),
             key.serialize_pem(),
         ))
     }
+}
+
+/// What a CA is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaRole {
+    Active,
+    Previous,
+    ActiveServing,
+    PreviousServing,
+}
+
+impl CaRole {
+    fn serving(self) -> Self {
+        match self {
+            Self::Active | Self::ActiveServing => Self::ActiveServing,
+            Self::Previous | Self::PreviousServing => Self::PreviousServing,
+        }
+    }
+}
+
+impl State {
+    fn serving_ca(&self) -> &Ca {
+        self.previous.as_ref().unwrap_or(&self.active)
+    }
+}
+
+fn new_ca(dir: &Path, name: &str) -> Result<Ca> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let now = OffsetDateTime::now_utc();
+    params.distinguished_name = dn(&format!("Flotilla hub CA {}", now.date()));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now - Duration::from_secs(300);
+    params.not_after = now + Duration::from_secs(10 * 365 * 86400);
+    let cert = params.self_signed(&key)?;
+    let ca = ca_from(cert.pem(), key)?;
+    write_ca(dir, name, &ca)?;
+    Ok(ca)
+}
+
+fn write_ca(dir: &Path, name: &str, ca: &Ca) -> Result<()> {
+    write_private(
+        &dir.join(format!("{name}.key")),
+        &ca.issuer.key().serialize_pem(),
+    )?;
+    write_private(&dir.join(format!("{name}.crt")), &ca.cert_pem)
+}
+
+fn load_ca(dir: &Path, name: &str) -> Result<Option<Ca>> {
+    match (
+        read(&dir.join(format!("{name}.crt")))?,
+        read(&dir.join(format!("{name}.key")))?,
+    ) {
+        (Some(cert), Some(key)) => Ok(Some(ca_from(cert, KeyPair::from_pem(&key)?)?)),
+        _ => Ok(None),
+    }
+}
+
+fn ca_from(cert_pem: String, key: KeyPair) -> Result<Ca> {
+    let info = cert_info(&cert_pem).ok_or(PkiError::BadCa)?;
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+    Ok(Ca {
+        cert_pem,
+        issuer,
+        info,
+    })
+}
+
+fn issue_server(dir: &Path, names: &[String], state: &mut State) -> Result<()> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name = dn("flotilla-hub");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = OffsetDateTime::now_utc() - Duration::from_secs(300);
+    params.not_after = OffsetDateTime::now_utc() + Duration::from_secs(365 * 86400);
+    let cert = params.signed_by(&key, &state.serving_ca().issuer)?;
+    write_private(&dir.join("server.key"), &key.serialize_pem())?;
+    write_private(&dir.join("server.crt"), &cert.pem())?;
+    write_private(&dir.join("server.names"), &names.join("\n"))?;
+    state.server_cert_pem = cert.pem();
+    state.server_key_pem = key.serialize_pem();
+    Ok(())
+}
+
+/// Fingerprint, subject and validity of a PEM certificate.
+pub fn cert_info(pem: &str) -> Option<CaInfo> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(CaInfo {
+        fingerprint: hex::encode(sha2::Sha256::digest(&pem.contents)),
+        subject: cert.subject().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Whether `cert_pem` names `ca` as its issuer (by subject; our CAs have distinct subjects).
+fn issued_by(cert_pem: &str, ca: &Ca) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return false;
+    };
+    pem.parse_x509()
+        .map(|c| c.issuer().to_string() == ca.info.subject)
+        .unwrap_or(false)
 }
 
 fn client_params(uri: &str, cn: &str, ttl: Duration) -> Result<CertificateParams> {
@@ -163,11 +400,21 @@ fn client_params(uri: &str, cn: &str, ttl: Duration) -> Result<CertificateParams
     Ok(params)
 }
 
-/// The identity in a client certificate the TLS layer has already verified against our CA.
-pub fn peer_identity(cert_der: &[u8]) -> Option<PeerIdentity> {
+/// What the hub reads from a client certificate the TLS layer has already verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCert {
+    pub identity: PeerIdentity,
+    /// Hex SHA-256 of the certified public key (SubjectPublicKeyInfo DER).
+    pub key_sha256: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Read a verified client certificate: who it names, its key, its expiry.
+pub fn peer_cert(cert_der: &[u8]) -> Option<PeerCert> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
+    let identity = san.value.general_names.iter().find_map(|n| match n {
         x509_parser::extensions::GeneralName::URI(uri) => {
             if let Some(id) = uri.strip_prefix(CLUSTER_URI) {
                 id.parse().ok().map(|u| PeerIdentity::Cluster(ClusterId(u)))
@@ -177,6 +424,11 @@ pub fn peer_identity(cert_der: &[u8]) -> Option<PeerIdentity> {
             }
         }
         _ => None,
+    })?;
+    Some(PeerCert {
+        identity,
+        key_sha256: hex::encode(sha2::Sha256::digest(cert.public_key().raw)),
+        not_after: cert.validity().not_after.timestamp(),
     })
 }
 
@@ -270,17 +522,63 @@ mod tests {
             .push(SanType::URI("flotilla://admin/root".try_into().unwrap()));
         let csr = req.serialize_request(&key).unwrap().pem().unwrap();
         let id = ClusterId::new();
-        let pem = pki
+        let issued = pki
             .sign_cluster_csr(&csr, id, "east", Duration::from_secs(60))
             .unwrap();
-        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(issued.pem.as_bytes()).unwrap();
+        let peer = peer_cert(&parsed.contents).unwrap();
+        assert_eq!(peer.identity, PeerIdentity::Cluster(id));
         assert_eq!(
-            peer_identity(&parsed.contents),
-            Some(PeerIdentity::Cluster(id))
+            peer.key_sha256, issued.key_sha256,
+            "the CSR's key is certified"
         );
+        assert_eq!(peer.not_after, issued.not_after);
+        assert_eq!(issued.ca_fingerprint, pki.active_fingerprint());
         assert!(matches!(
             pki.sign_cluster_csr("junk", id, "x", Duration::from_secs(1)),
             Err(PkiError::BadCsr)
         ));
+    }
+
+    #[test]
+    fn rotation_keeps_both_cas_until_retired_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let old = pki.active_fingerprint();
+        let serving_before = pki.server_identity();
+        let mut changes = pki.subscribe();
+        assert!(matches!(pki.retire(), Err(PkiError::NoRotation)));
+
+        pki.rotate().unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert!(matches!(pki.rotate(), Err(PkiError::RotationInProgress)));
+        let new = pki.active_fingerprint();
+        assert_ne!(old, new);
+        assert_eq!(pki.ca_pem().matches("BEGIN CERTIFICATE").count(), 2);
+        assert_eq!(
+            pki.server_identity(),
+            serving_before,
+            "agents that know only the old CA can still reach the hub"
+        );
+        let roles: Vec<CaRole> = pki.cas().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(roles, [CaRole::Active, CaRole::PreviousServing]);
+
+        let reloaded = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(reloaded.active_fingerprint(), new);
+        assert_eq!(reloaded.ca_pem(), pki.ca_pem());
+        assert_eq!(reloaded.server_identity(), serving_before);
+
+        pki.retire().unwrap();
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(pki.ca_pem().matches("BEGIN CERTIFICATE").count(), 1);
+        assert_ne!(pki.server_identity(), serving_before);
+        assert_eq!(
+            pki.cas().into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            [CaRole::ActiveServing]
+        );
+        let reloaded = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(reloaded.ca_pem(), pki.ca_pem());
+        assert_eq!(reloaded.server_identity(), pki.server_identity());
     }
 }

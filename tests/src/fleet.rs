@@ -30,6 +30,7 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 struct RunningHub {
     addr: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), flotilla_hub::HubError>>,
 }
@@ -52,11 +53,22 @@ pub struct TestFleet {
     dir: TempDir,
     hub: Option<RunningHub>,
     clusters: HashMap<String, TestCluster>,
+    configure: Configure,
 }
+
+type Configure = Box<dyn Fn(&mut flotilla_hub::HubConfig) + Send + Sync>;
 
 impl TestFleet {
     /// Start a Git server and a hub on an ephemeral port with an empty data directory.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestFleet::start`], with `configure` applied to the hub's configuration (at
+    /// every start of the hub).
+    pub async fn start_with(
+        configure: impl Fn(&mut flotilla_hub::HubConfig) + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
         init_tracing();
         let git = GitServer::start().await?;
         let dir = tempfile::tempdir()?;
@@ -65,6 +77,7 @@ impl TestFleet {
             dir,
             hub: None,
             clusters: HashMap::new(),
+            configure: Box::new(configure),
         };
         fleet.start_hub(None).await?;
         Ok(fleet)
@@ -74,36 +87,80 @@ impl TestFleet {
         self.dir.path().join("hub")
     }
 
-    async fn start_hub(&mut self, addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    async fn start_hub(
+        &mut self,
+        addrs: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    ) -> anyhow::Result<()> {
         let mut config = flotilla_hub::HubConfig::new(self.data_dir());
-        config.listen = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+        (config.listen, config.http_listen) = addrs.unwrap_or((any, any));
         // Tests trigger fetches explicitly; polling would only add noise.
         config.default_poll_interval = Duration::from_secs(3600);
         config.shutdown_grace = Duration::from_secs(5);
+        (self.configure)(&mut config);
         let hub = flotilla_hub::Hub::bind(config).await?;
-        let addr = hub.local_addr();
+        let (addr, http) = (hub.local_addr(), hub.http_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(hub.run(shutdown.clone()));
         self.hub = Some(RunningHub {
             addr,
+            http,
             shutdown,
             task,
         });
         Ok(())
     }
 
+    /// GET `path` from the hub's plain-HTTP port; returns the status code and the body.
+    pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.hub.as_ref().context("the hub is not running")?.http;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut raw = String::new();
+        tcp.read_to_string(&mut raw).await?;
+        let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        Ok((code, body.to_string()))
+    }
+
+    /// The value of one sample on the hub's `/metrics`, e.g.
+    /// `flotilla_refusals_total{reason="token_expired"}`; 0 when it is absent.
+    pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let (_, text) = self.http_get("/metrics").await?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0))
+    }
+
     /// Stop the hub gracefully.
-    pub async fn stop_hub(&mut self) -> anyhow::Result<std::net::SocketAddr> {
+    pub async fn stop_hub(
+        &mut self,
+    ) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
         let hub = self.hub.take().context("the hub is not running")?;
         hub.shutdown.cancel();
         hub.task.await??;
-        Ok(hub.addr)
+        Ok((hub.addr, hub.http))
     }
 
     /// Stop the hub and start it again on the same port and data directory.
     pub async fn restart_hub(&mut self) -> anyhow::Result<()> {
-        let addr = self.stop_hub().await?;
-        self.start_hub(Some(addr)).await
+        let addrs = self.stop_hub().await?;
+        self.start_hub(Some(addrs)).await
     }
 
     /// The hub's URL.
@@ -118,7 +175,7 @@ impl TestFleet {
 
     /// The CA the hub's agents must trust.
     pub fn ca_pem(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.data_dir().join("pki/ca.crt"))?)
+        Ok(flotilla_hub::cli::client::read_credential(&self.admin_config())?.ca)
     }
 
     /// An admin API client.
@@ -233,6 +290,11 @@ impl TestFleet {
     /// Start (or restart) the agent of cluster `name`.
     pub fn start_agent(&mut self, name: &str, token: Option<String>) -> anyhow::Result<()> {
         let config = self.agent_config(name, token)?;
+        self.start_agent_with(name, config)
+    }
+
+    /// Start (or restart) the agent of cluster `name` with this configuration.
+    pub fn start_agent_with(&mut self, name: &str, config: AgentConfig) -> anyhow::Result<()> {
         let c = self
             .clusters
             .get_mut(name)
@@ -257,6 +319,29 @@ impl TestFleet {
         Ok(tokio::time::timeout(DEADLINE, task)
             .await
             .context("agent did not stop in time")??)
+    }
+
+    /// The kubeconfig file of cluster `name`'s emulated API server.
+    pub fn kubeconfig_path(&self, name: &str) -> anyhow::Result<PathBuf> {
+        Ok(self
+            .clusters
+            .get(name)
+            .context("no such test cluster")?
+            .kubeconfig
+            .clone())
+    }
+
+    /// The directory cluster `name`'s agent keeps its identity in.
+    pub fn agent_state_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        match &self
+            .clusters
+            .get(name)
+            .context("no such test cluster")?
+            .identity
+        {
+            IdentityStoreConfig::Dir(dir) => Ok(dir.clone()),
+            other => bail!("cluster {name} keeps its identity in {other:?}"),
+        }
     }
 
     /// The emulated Kubernetes of cluster `name`.

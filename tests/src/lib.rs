@@ -5,3 +5,4 @@
 pub mod fleet;
 pub mod git_server;
 pub mod kube_emulator;
+pub mod raw_agent;

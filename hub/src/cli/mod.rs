@@ -5,7 +5,9 @@
 //! Commands return their output as a string, so tests run them in-process.
 
 pub mod client;
+pub mod manifest;
 mod output;
+mod security;
 
 use std::path::PathBuf;
 
@@ -49,6 +51,26 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Where every bundle stands on every cluster.
     Status(StatusArgs),
+    /// The hub's certificate authorities: status and rotation.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Installing agents on clusters.
+    #[command(subcommand)]
+    Agent(manifest::AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Show the CAs and which clusters still hold certificates from a retiring one.
+    Status(OutputArgs),
+    /// Start a rotation: a new CA signs from now on; both are trusted; connected agents renew.
+    Rotate,
+    /// Finish a rotation: stop trusting the old CA and serve with the new one.
+    Retire {
+        /// Retire even if some clusters still hold old certificates (they must register again).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -59,14 +81,24 @@ pub struct ServeArgs {
     /// gRPC listen address for agents and admins.
     #[arg(long, env = "FLOTILLA_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: std::net::SocketAddr,
+    /// Plain-HTTP listen address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    pub http_listen: std::net::SocketAddr,
+    /// Also accept TLS 1.2 clients (TLS 1.3 only by default).
+    #[arg(long)]
+    pub allow_tls12: bool,
+    /// The https URL agents use to reach the hub, when it differs from --listen (behind a
+    /// Service or load balancer); `flotilla agent manifest` puts it in the agent's Secret.
+    #[arg(long, env = "FLOTILLA_AGENT_URL", value_parser = crate::config::parse_agent_url)]
+    pub agent_url: Option<String>,
     /// Extra DNS name or IP for the serving certificate (repeatable).
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,
     /// Default Git poll interval.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub poll_interval: std::time::Duration,
-    /// Lifetime of cluster client certificates.
-    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    /// Lifetime of cluster client certificates; agents renew at about two thirds of it.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub client_cert_ttl: std::time::Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
@@ -89,9 +121,30 @@ pub enum TokenCommand {
         /// How many clusters may register with it; 0 for no limit.
         #[arg(long, default_value_t = 0)]
         max_uses: u32,
+        /// A label for every cluster registered with the token, k=v (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A cluster group every cluster registered with the token joins.
+        #[arg(long)]
+        group: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// List registration tokens (never their secrets).
+    List(OutputArgs),
+    /// Revoke a token: no cluster can register with it from now on.
+    Revoke {
+        /// The token's id (the part before the dot).
+        id: String,
+    },
+}
+
+/// Parse `k=v`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not a label: write key=value")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +172,8 @@ pub enum RepoCommand {
 pub enum ClusterCommand {
     /// List registered clusters.
     List(OutputArgs),
+    /// Delete a cluster: its agent is cut off at once and its certificate refused from then on.
+    Delete { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +204,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
         Command::Token(TokenCommand::Create {
             ttl,
             max_uses,
+            labels,
+            group,
             description,
         }) => {
             let t = admin
@@ -156,6 +213,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
                     ttl_seconds: ttl.as_secs(),
                     max_uses,
                     description,
+                    labels: labels.into_iter().collect(),
+                    group: group.unwrap_or_default(),
                 })
                 .await
                 .context("creating the token")?
@@ -250,6 +309,19 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
                 ),
             })
         }
+        Command::Token(TokenCommand::List(o)) => {
+            security::token_list(&mut admin, o.output, now).await
+        }
+        Command::Token(TokenCommand::Revoke { id }) => security::token_revoke(&mut admin, id).await,
+        Command::Cluster(ClusterCommand::Delete { name }) => {
+            security::cluster_delete(&mut admin, name).await
+        }
+        Command::Ca(CaCommand::Status(o)) => security::ca_status(&mut admin, o.output).await,
+        Command::Ca(CaCommand::Rotate) => security::ca_rotate(&mut admin).await,
+        Command::Ca(CaCommand::Retire { force }) => security::ca_retire(&mut admin, force).await,
+        Command::Agent(manifest::AgentCommand::Manifest(args)) => {
+            manifest::agent_manifest(&mut admin, args).await
+        }
         Command::Status(args) => {
             let s = admin
                 .get_status(api::GetStatusRequest {})
@@ -263,7 +335,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
     }
 }
 
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).expect("JSON values serialize");
     s.push('\n');
     s
@@ -304,7 +376,8 @@ fn repo_json(r: &api::GitRepo) -> Value {
 fn cluster_json(c: &api::Cluster) -> Value {
     json!({"id": c.id, "name": c.name, "labels": c.labels, "connected": c.connected,
            "lastSeen": c.last_seen, "agentVersion": c.agent_version,
-           "kubernetesVersion": c.kubernetes_version, "registeredAt": c.registered_at})
+           "kubernetesVersion": c.kubernetes_version, "registeredAt": c.registered_at,
+           "tokenId": c.token_id, "certificateExpires": c.certificate_expires})
 }
 
 fn cluster_row(c: &api::Cluster, now: i64) -> Vec<String> {

@@ -43,6 +43,15 @@ pub fn ago(unix: i64, now: i64) -> String {
     }
 }
 
+/// `in 5m` for a time ahead, `5m ago` for one past.
+pub fn relative(unix: i64, now: i64) -> String {
+    if unix >= now {
+        format!("in {}", ago(now, unix))
+    } else {
+        format!("{} ago", ago(unix, now))
+    }
+}
+
 /// The first 8 characters of a commit.
 pub fn short(rev: &str) -> String {
     rev.chars().take(8).collect()

@@ -14,6 +14,8 @@ fn cluster(name: &str) -> Cluster {
         registered_at: 0,
         agent_version: String::new(),
         kubernetes_version: String::new(),
+        token_id: String::new(),
+        certificate: Default::default(),
     }
 }
 

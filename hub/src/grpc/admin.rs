@@ -7,7 +7,7 @@ use flotilla_proto::admin::v1 as api;
 use rand::RngCore;
 use sha2::Digest;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Context, authorize_admin, convert, internal};
 use crate::model::{
@@ -25,7 +25,7 @@ impl api::admin_server::Admin for AdminService {
         &self,
         req: Request<api::CreateTokenRequest>,
     ) -> Result<Response<api::CreateTokenResponse>, Status> {
-        let admin = authorize_admin(&req)?;
+        let admin = authorize_admin(&self.0, &req)?;
         let req = req.into_inner();
         let ttl = if req.ttl_seconds == 0 {
             DEFAULT_TOKEN_TTL
@@ -36,6 +36,16 @@ impl api::admin_server::Admin for AdminService {
         rand::rng().fill_bytes(&mut bytes);
         let id = hex::encode(&bytes[..6]);
         let token = format!("{id}.{}", hex::encode(&bytes[6..]));
+        let labels = validate_token_labels(req.labels)?;
+        let group = match req.group.as_str() {
+            "" => None,
+            g if is_dns_label(g) => Some(g.to_string()),
+            g => {
+                return Err(Status::invalid_argument(format!(
+                    "group: {g:?} must be a lower-case RFC 1123 label"
+                )));
+            }
+        };
         let now = unix_now();
         let record = RegistrationToken {
             id: id.clone(),
@@ -45,6 +55,9 @@ impl api::admin_server::Admin for AdminService {
             expires_at: now.saturating_add(ttl.as_secs() as i64),
             max_uses: req.max_uses,
             uses: 0,
+            labels,
+            group,
+            revoked_at: None,
         };
         self.0.fleet.store().put_token(&record).map_err(internal)?;
         info!(admin = %admin, token = %id, expires_at = record.expires_at, "registration token created");
@@ -59,7 +72,7 @@ impl api::admin_server::Admin for AdminService {
         &self,
         req: Request<api::AddGitRepoRequest>,
     ) -> Result<Response<api::GitRepo>, Status> {
-        let admin = authorize_admin(&req)?;
+        let admin = authorize_admin(&self.0, &req)?;
         let spec = validate_repo(req.into_inner(), self.0.default_poll_interval)?;
         let store = self.0.fleet.store();
         // The same spec keeps its status; a changed one is built afresh at the next fetch,
@@ -82,7 +95,7 @@ impl api::admin_server::Admin for AdminService {
         &self,
         req: Request<api::ListGitReposRequest>,
     ) -> Result<Response<api::ListGitReposResponse>, Status> {
-        authorize_admin(&req)?;
+        authorize_admin(&self.0, &req)?;
         let repos = self
             .0
             .sources
@@ -97,7 +110,7 @@ impl api::admin_server::Admin for AdminService {
         &self,
         req: Request<api::SyncGitRepoRequest>,
     ) -> Result<Response<api::GitRepo>, Status> {
-        authorize_admin(&req)?;
+        authorize_admin(&self.0, &req)?;
         let name = req.into_inner().name;
         let repo = self.0.sources.sync_now(&name).await.ok_or_else(|| {
             Status::not_found(format!(
@@ -111,7 +124,7 @@ impl api::admin_server::Admin for AdminService {
         &self,
         req: Request<api::ListClustersRequest>,
     ) -> Result<Response<api::ListClustersResponse>, Status> {
-        authorize_admin(&req)?;
+        authorize_admin(&self.0, &req)?;
         let clusters = self
             .0
             .fleet
@@ -122,11 +135,116 @@ impl api::admin_server::Admin for AdminService {
         Ok(Response::new(api::ListClustersResponse { clusters }))
     }
 
+    async fn list_tokens(
+        &self,
+        req: Request<api::ListTokensRequest>,
+    ) -> Result<Response<api::ListTokensResponse>, Status> {
+        authorize_admin(&self.0, &req)?;
+        let mut tokens = self.0.fleet.store().tokens().map_err(internal)?;
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.created_at));
+        Ok(Response::new(api::ListTokensResponse {
+            tokens: tokens.iter().map(convert::token).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<api::RevokeTokenRequest>,
+    ) -> Result<Response<api::Token>, Status> {
+        let admin = authorize_admin(&self.0, &req)?;
+        let id = req.into_inner().id;
+        // Accept the whole token too, but only ever log and store its id.
+        let id = id.split('.').next().unwrap_or_default().to_string();
+        let token = self
+            .0
+            .fleet
+            .store()
+            .revoke_token(&id, unix_now())
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no registration token with id {id:?}; list them with `flotilla token list`"
+                ))
+            })?;
+        info!(admin = %admin, token = %id, "registration token revoked");
+        Ok(Response::new(convert::token(&token)))
+    }
+
+    async fn delete_cluster(
+        &self,
+        req: Request<api::DeleteClusterRequest>,
+    ) -> Result<Response<api::DeleteClusterResponse>, Status> {
+        let admin = authorize_admin(&self.0, &req)?;
+        let name = req.into_inner().name;
+        let fleet = &self.0.fleet;
+        let not_found = || {
+            Status::not_found(format!(
+                "no cluster named {name:?}; list them with `flotilla cluster list`"
+            ))
+        };
+        let id = fleet.cluster_by_name(&name).ok_or_else(not_found)?;
+        let deleted = fleet
+            .delete_cluster(id)
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        self.0.metrics.clusters.set(fleet.cluster_count() as i64);
+        warn!(admin = %admin, cluster = %id, name = %name, was_connected = deleted.was_connected, "cluster deleted; its certificate is refused from now on");
+        Ok(Response::new(api::DeleteClusterResponse {
+            cluster: Some(convert::cluster(&crate::fleet::ClusterView {
+                cluster: deleted.cluster,
+                presence: Default::default(),
+            })),
+            was_connected: deleted.was_connected,
+            deployments: deleted.deployments as u32,
+        }))
+    }
+
+    async fn get_ca(
+        &self,
+        req: Request<api::GetCaRequest>,
+    ) -> Result<Response<api::CaStatus>, Status> {
+        authorize_admin(&self.0, &req)?;
+        Ok(Response::new(self.ca_status()))
+    }
+
+    async fn rotate_ca(
+        &self,
+        req: Request<api::RotateCaRequest>,
+    ) -> Result<Response<api::CaStatus>, Status> {
+        let admin = authorize_admin(&self.0, &req)?;
+        self.0.pki.rotate().map_err(ca_error)?;
+        self.rewrite_admin_credential()?;
+        warn!(admin = %admin, active = %self.0.pki.active_fingerprint(), "CA rotation started: a new CA signs, both are trusted, agents renew");
+        Ok(Response::new(self.ca_status()))
+    }
+
+    async fn retire_ca(
+        &self,
+        req: Request<api::RetireCaRequest>,
+    ) -> Result<Response<api::CaStatus>, Status> {
+        let admin = authorize_admin(&self.0, &req)?;
+        let status = self.ca_status();
+        if status.cas.len() < 2 {
+            return Err(ca_error(crate::pki::PkiError::NoRotation));
+        }
+        if !req.get_ref().force && !status.clusters_on_previous.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{} cluster(s) still hold certificates from the old CA: {}; wait until their agents have renewed (connected agents do so within seconds; see `flotilla ca status`), or pass --force and register those clusters again afterwards",
+                status.clusters_on_previous.len(),
+                status.clusters_on_previous.join(", ")
+            )));
+        }
+        self.0.pki.retire().map_err(ca_error)?;
+        self.rewrite_admin_credential()?;
+        warn!(admin = %admin, "CA rotation finished: the old CA is no longer trusted");
+        Ok(Response::new(self.ca_status()))
+    }
+
     async fn get_status(
         &self,
         req: Request<api::GetStatusRequest>,
     ) -> Result<Response<api::GetStatusResponse>, Status> {
-        authorize_admin(&req)?;
+        authorize_admin(&self.0, &req)?;
         let fleet = &self.0.fleet;
         Ok(Response::new(api::GetStatusResponse {
             clusters: fleet.clusters().iter().map(convert::cluster).collect(),
@@ -138,6 +256,78 @@ impl api::admin_server::Admin for AdminService {
                 .collect(),
         }))
     }
+
+    async fn get_hub_info(
+        &self,
+        req: Request<api::GetHubInfoRequest>,
+    ) -> Result<Response<api::HubInfo>, Status> {
+        authorize_admin(&self.0, &req)?;
+        Ok(Response::new(api::HubInfo {
+            agent_url: self.0.agent_url.clone(),
+            ca_bundle_pem: self.0.pki.ca_pem().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}
+
+impl AdminService {
+    fn ca_status(&self) -> api::CaStatus {
+        let active = self.0.pki.active_fingerprint();
+        let mut clusters_on_previous: Vec<String> = self
+            .0
+            .fleet
+            .clusters()
+            .into_iter()
+            .filter(|c| c.cluster.certificate.ca_fingerprint != active)
+            .map(|c| c.cluster.name)
+            .collect();
+        clusters_on_previous.sort();
+        api::CaStatus {
+            cas: self.0.pki.cas().iter().map(convert::ca).collect(),
+            clusters_on_previous,
+        }
+    }
+
+    /// The CA bundle changed: the admin credential gets it, and a certificate from the
+    /// active CA.
+    fn rewrite_admin_credential(&self) -> Result<(), Status> {
+        crate::hub::write_admin_credential(
+            &self.0.admin_credential,
+            &self.0.pki,
+            &self.0.admin_server_url,
+        )
+        .map_err(internal)
+    }
+}
+
+fn ca_error(e: crate::pki::PkiError) -> Status {
+    match e {
+        crate::pki::PkiError::RotationInProgress | crate::pki::PkiError::NoRotation => {
+            Status::failed_precondition(e.to_string())
+        }
+        e => internal(e),
+    }
+}
+
+/// A token's labels: keys that do not claim the agent's prefix or the group label.
+fn validate_token_labels(
+    labels: std::collections::HashMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, Status> {
+    for key in labels.keys() {
+        let why = if key.is_empty() || key.len() > 253 {
+            Some("a label key must have 1 to 253 characters")
+        } else if key.starts_with(crate::model::AGENT_LABEL_PREFIX) {
+            Some("that prefix is reserved for what agents report about themselves")
+        } else if key == crate::model::GROUP_LABEL {
+            Some("use --group to put clusters in a group")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Status::invalid_argument(format!("labels: {key:?}: {why}")));
+        }
+    }
+    Ok(labels.into_iter().collect())
 }
 
 /// Check a GitRepo request and fill defaults; errors name the field.

@@ -1,9 +1,10 @@
-//! The agent-facing services: `Registration` (token → certificate) and `AgentService`
-//! (the long-lived stream and manifest downloads).
+//! The agent stream and manifest downloads (`flotilla.agent.v1.AgentService`).
 //!
 //! One task per agent stream: it answers the agent's messages and, when the fleet index
 //! says the cluster's desired set changed, sends the difference between what the agent
-//! holds and what it should run. Nothing here polls.
+//! holds and what it should run. Nothing here polls. The stream also carries certificate
+//! renewals and trust updates (CA rotation), and it ends when its certificate expires
+//! unless a renewal on it extended it.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -12,18 +13,15 @@ use std::time::Duration;
 
 use flotilla_proto::agent::v1 as wire;
 use futures::Stream;
-use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Context, authorize_cluster, convert, internal};
-use crate::fleet::{Fleet, Session};
-use crate::model::{
-    BundleContent, BundleId, Cluster, ClusterId, ContentHash, RegistrationToken, is_dns_label,
-    unix_now,
-};
+use super::{Context, DELETED, authorize_cluster, convert, internal};
+use crate::fleet::Session;
+use crate::metrics::Refusal;
+use crate::model::{BundleContent, BundleId, ClusterId, ContentHash, unix_now};
 
 /// How long an agent has to say Hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,102 +29,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Most manifests one FetchManifests call may ask for.
 const MAX_FETCH: usize = 1000;
-
-/// `flotilla.agent.v1.Registration`.
-pub struct RegistrationService(pub Arc<Context>);
-
-#[tonic::async_trait]
-impl wire::registration_server::Registration for RegistrationService {
-    async fn register(
-        &self,
-        req: Request<wire::RegisterRequest>,
-    ) -> Result<Response<wire::RegisterResponse>, Status> {
-        let req = req.into_inner();
-        let ctx = &self.0;
-        if !is_dns_label(&req.cluster_name) {
-            return Err(Status::invalid_argument(format!(
-                "cluster name {:?} is not a lower-case RFC 1123 label (a-z, 0-9, '-', at most 63); pass a valid --cluster-name",
-                req.cluster_name
-            )));
-        }
-        let taken = || {
-            Status::already_exists(format!(
-                "a cluster named {:?} is already registered; choose another --cluster-name",
-                req.cluster_name
-            ))
-        };
-        if ctx.fleet.cluster_by_name(&req.cluster_name).is_some() {
-            return Err(taken());
-        }
-        // Check the CSR before the token, so a malformed request does not spend a use.
-        let id = ClusterId::new();
-        let cert = ctx
-            .pki
-            .sign_cluster_csr(&req.csr_pem, id, &req.cluster_name, ctx.client_cert_ttl)
-            .map_err(|e| {
-                Status::invalid_argument(format!("{e}; the agent must send a PEM PKCS#10 CSR"))
-            })?;
-        let token = check_token(ctx, &req.token)?;
-        let cluster = Cluster {
-            id,
-            name: req.cluster_name.clone(),
-            labels: req.labels.into_iter().collect(),
-            registered_at: unix_now(),
-            agent_version: req.agent_version,
-            kubernetes_version: String::new(),
-        };
-        // Checked again atomically: two agents may race for one name.
-        if !ctx.fleet.add_cluster(cluster).map_err(internal)? {
-            return Err(taken());
-        }
-        info!(cluster = %id, name = %req.cluster_name, token = %token.id, "cluster registered");
-        Ok(Response::new(wire::RegisterResponse {
-            cluster_id: id.to_string(),
-            certificate_pem: cert,
-            ca_bundle_pem: ctx.pki.ca_pem().to_string(),
-            cluster_name: req.cluster_name,
-        }))
-    }
-}
-
-/// Check a registration token and count its use. Refusals are audit-logged by token id; the
-/// secret never reaches a log.
-fn check_token(ctx: &Context, token: &str) -> Result<RegistrationToken, Status> {
-    let refuse = |id: &str, why: &str| {
-        warn!(token = %id, reason = why, "registration refused");
-        Status::unauthenticated(format!(
-            "registration token refused: {why}; create a new one with `flotilla token create` on the hub"
-        ))
-    };
-    let Some((id, _)) = token.split_once('.') else {
-        return Err(refuse(
-            "-",
-            "it is not a Flotilla token (expected <id>.<secret>)",
-        ));
-    };
-    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-    let now = unix_now();
-    let outcome = ctx.fleet.store().use_token(id, |t| {
-        if !constant_time_eq(t.secret_sha256.as_bytes(), digest.as_bytes()) {
-            Err("it is not known to this hub")
-        } else if t.expires_at <= now {
-            Err("it has expired")
-        } else if t.max_uses != 0 && t.uses >= t.max_uses {
-            Err("it has been used as many times as it allows")
-        } else {
-            Ok(())
-        }
-    });
-    match outcome.map_err(internal)? {
-        None => Err(refuse(id, "it is not known to this hub")),
-        Some(Err(why)) => Err(refuse(id, why)),
-        Some(Ok(t)) => Ok(t),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// `flotilla.agent.v1.AgentService`.
 pub struct AgentService(pub Arc<Context>);
@@ -142,19 +44,21 @@ impl wire::agent_service_server::AgentService for AgentService {
         &self,
         req: Request<Streaming<wire::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let cluster = authorize_cluster(&self.0, &req)?;
+        let (cluster, cert) = authorize_cluster(&self.0, &req)?;
         let (tx, rx) = mpsc::channel(64);
         let stream = AgentStream {
-            fleet: self.0.fleet.clone(),
+            ctx: self.0.clone(),
             cluster,
             tx,
             sent: HashMap::new(),
+            known: HashSet::new(),
+            key_sha256: cert.key_sha256,
+            expires: cert.not_after,
         };
-        let shutdown = self.0.shutdown.clone();
         let inbound = req.into_inner();
         self.0.tasks.spawn(
             stream
-                .run(inbound, shutdown)
+                .run(inbound)
                 .instrument(info_span!("agent_stream", cluster = %cluster)),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -164,7 +68,7 @@ impl wire::agent_service_server::AgentService for AgentService {
         &self,
         req: Request<wire::FetchManifestsRequest>,
     ) -> Result<Response<ManifestStream>, Status> {
-        let cluster = authorize_cluster(&self.0, &req)?;
+        let (cluster, _) = authorize_cluster(&self.0, &req)?;
         let hashes = req.into_inner().hashes;
         if hashes.len() > MAX_FETCH {
             return Err(Status::invalid_argument(format!(
@@ -182,7 +86,8 @@ impl wire::agent_service_server::AgentService for AgentService {
         let mut out = Vec::with_capacity(hashes.len());
         for hash in hashes {
             if !allowed.contains(&ContentHash(hash.clone())) {
-                warn!(cluster = %cluster, hash = %hash, "manifest request outside the cluster's deployments refused");
+                self.0.metrics.refused(Refusal::ManifestNotAssigned);
+                warn!(cluster = %cluster, hash = %hash, reason = Refusal::ManifestNotAssigned.as_str(), "manifest request refused");
                 return Err(Status::permission_denied(format!(
                     "manifest {hash} is not part of this cluster's deployments"
                 )));
@@ -199,22 +104,36 @@ impl wire::agent_service_server::AgentService for AgentService {
 
 /// The hub's side of one agent stream.
 struct AgentStream {
-    fleet: Arc<Fleet>,
+    ctx: Arc<Context>,
     cluster: ClusterId,
     tx: mpsc::Sender<Result<wire::HubMessage, Status>>,
     /// What the agent holds (or has been sent): deployment → content hash.
     sent: HashMap<BundleId, ContentHash>,
+    /// Every deployment this agent held or was sent on this stream: the only ones it can
+    /// legitimately report about.
+    known: HashSet<BundleId>,
+    /// The key of the stream's newest certificate: the one a renewal must come from.
+    key_sha256: String,
+    /// Unix seconds when the stream's newest certificate expires; the stream ends then.
+    expires: i64,
 }
 
 /// The stream ended; why is only logged.
 struct Closed;
 
 impl AgentStream {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<wire::AgentMessage>,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
+    async fn run(self, inbound: Streaming<wire::AgentMessage>) {
+        let metrics = self.ctx.metrics.clone();
+        metrics.streams_opened.inc();
+        metrics.streams.inc();
+        let reason = self.serve(inbound).await;
+        metrics.streams.dec();
+        metrics.stream_closed(reason);
+        info!(reason, "agent disconnected");
+    }
+
+    /// Serve the stream; returns why it ended.
+    async fn serve(mut self, mut inbound: Streaming<wire::AgentMessage>) -> &'static str {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(wire::AgentMessage {
                 kind: Some(wire::agent_message::Kind::Hello(h)),
@@ -226,18 +145,20 @@ impl AgentStream {
                         "the first message on a stream must be Hello",
                     )))
                     .await;
-                return;
+                return "no_hello";
             }
         };
-        if let Err(e) = self.fleet.update_cluster_info(
+        let fleet = self.ctx.fleet.clone();
+        if let Err(e) = fleet.update_cluster_info(
             self.cluster,
             &hello.agent_version,
             &hello.kubernetes_version,
         ) {
             warn!(error = %e, "cannot record the agent's versions");
         }
-        let Some(session) = self.fleet.connect(self.cluster) else {
-            return;
+        let Some(session) = fleet.connect(self.cluster) else {
+            let _ = self.tx.send(Err(Status::permission_denied(DELETED))).await;
+            return "deleted";
         };
         info!(held = hello.held.len(), agent_version = %hello.agent_version, "agent connected");
         self.sent = hello
@@ -245,45 +166,166 @@ impl AgentStream {
             .into_iter()
             .map(|h| (BundleId(h.deployment_id), ContentHash(h.content_hash)))
             .collect();
+        self.known = self.sent.keys().cloned().collect();
         if self.sync().await.is_err()
             || self
                 .send(wire::hub_message::Kind::SyncComplete(wire::SyncComplete {}))
                 .await
                 .is_err()
         {
-            return;
+            return "disconnected";
+        }
+        // An agent that missed a CA rotation while away learns of it now.
+        let mut trust = self.ctx.pki.subscribe();
+        if self.on_previous_ca() && self.send_trust().await.is_err() {
+            return "disconnected";
         }
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
         let mut nonce = 0u64;
+        let shutdown = self.ctx.shutdown.clone();
         loop {
             let step = tokio::select! {
                 // Cancellation first: a replaced stream must not consume the change
                 // notification its successor shares.
                 biased;
-                _ = shutdown.cancelled() => break,
-                _ = session.cancelled.cancelled() => {
-                    let _ = self.tx.send(Err(Status::aborted("a newer stream from this cluster replaced this one"))).await;
-                    break;
-                }
+                _ = shutdown.cancelled() => return "shutdown",
+                _ = session.cancelled.cancelled() => return self.cancelled().await,
+                _ = tokio::time::sleep(self.time_left()) => return self.expired().await,
                 _ = session.changed.notified() => self.send_changes(&session).await,
+                Ok(()) = trust.changed() => self.send_trust().await,
                 msg = inbound.message() => match msg {
-                    Ok(Some(m)) => self.handle(m),
-                    Ok(None) => break,
-                    Err(e) => { debug!(error = %e, "agent stream error"); break }
+                    Ok(Some(m)) => self.handle(m).await,
+                    Ok(None) => return "disconnected",
+                    Err(e) => { debug!(error = %e, "agent stream error"); return "disconnected" }
                 },
                 _ = ping.tick() => { nonce += 1; self.send(wire::hub_message::Kind::Ping(wire::Ping { nonce })).await }
             };
             if step.is_err() {
-                break;
+                return "disconnected";
             }
         }
-        info!("agent disconnected");
+    }
+
+    /// The session was cancelled: the cluster was deleted, or a newer stream took over.
+    async fn cancelled(&self) -> &'static str {
+        if self.ctx.fleet.cluster(self.cluster).is_none() {
+            warn!(
+                reason = Refusal::ClusterDeleted.as_str(),
+                "stream of a deleted cluster closed"
+            );
+            let _ = self.tx.send(Err(Status::permission_denied(DELETED))).await;
+            "deleted"
+        } else {
+            let _ = self
+                .tx
+                .send(Err(Status::aborted(
+                    "a newer stream from this cluster replaced this one",
+                )))
+                .await;
+            "replaced"
+        }
+    }
+
+    fn time_left(&self) -> Duration {
+        Duration::from_secs(self.expires.saturating_sub(unix_now()).max(0) as u64)
+    }
+
+    async fn expired(&self) -> &'static str {
+        self.ctx.metrics.refused(Refusal::CertificateExpired);
+        warn!(
+            reason = Refusal::CertificateExpired.as_str(),
+            "stream closed: its certificate expired without renewal"
+        );
+        let _ = self
+            .tx
+            .send(Err(Status::unauthenticated(
+                "the client certificate of this stream expired; the agent renews it well before expiry, so check the agent's clock and its log for renewal errors",
+            )))
+            .await;
+        "certificate_expired"
+    }
+
+    /// Whether the cluster's current certificate comes from a CA that is being retired.
+    fn on_previous_ca(&self) -> bool {
+        self.ctx
+            .fleet
+            .cluster(self.cluster)
+            .is_some_and(|c| c.certificate.ca_fingerprint != self.ctx.pki.active_fingerprint())
+    }
+
+    /// Tell the agent which CAs to trust, and to renew if its certificate is from an old CA.
+    async fn send_trust(&self) -> Result<(), Closed> {
+        let renew = self.on_previous_ca();
+        info!(renew, "sending the hub's trust bundle");
+        self.send(wire::hub_message::Kind::Trust(wire::TrustUpdate {
+            ca_bundle_pem: self.ctx.pki.ca_pem(),
+            renew,
+        }))
+        .await
+    }
+
+    /// Sign a renewal CSR for this stream's cluster.
+    async fn renew(&mut self, csr_pem: &str) -> Result<(), Closed> {
+        let answer = match self.issue(csr_pem) {
+            Ok(issued) => {
+                self.expires = self.expires.max(issued.not_after);
+                self.key_sha256 = issued.key_sha256;
+                info!(not_after = issued.not_after, "client certificate renewed");
+                wire::CertificateIssued {
+                    certificate_pem: issued.pem,
+                    ca_bundle_pem: self.ctx.pki.ca_pem(),
+                    not_after: issued.not_after,
+                    error: String::new(),
+                }
+            }
+            Err(error) => {
+                warn!(error = %error, "certificate renewal refused");
+                wire::CertificateIssued {
+                    error,
+                    ..Default::default()
+                }
+            }
+        };
+        self.send(wire::hub_message::Kind::Certificate(answer))
+            .await
+    }
+
+    fn issue(&self, csr_pem: &str) -> Result<crate::pki::IssuedCert, String> {
+        let ctx = &self.ctx;
+        let cluster = ctx.fleet.cluster(self.cluster).ok_or(DELETED)?;
+        if !cluster.certificate.accepts(&self.key_sha256) {
+            ctx.metrics.refused(Refusal::CertificateSuperseded);
+            warn!(
+                reason = Refusal::CertificateSuperseded.as_str(),
+                "renewal from a superseded certificate refused"
+            );
+            return Err("this stream's certificate was superseded by newer ones issued to the same cluster; if no other agent holds this cluster's identity, delete the cluster and register again".into());
+        }
+        let issued = ctx
+            .pki
+            .sign_cluster_csr(csr_pem, self.cluster, &cluster.name, ctx.client_cert_ttl)
+            .map_err(|e| format!("{e}; send a PEM PKCS#10 CSR"))?;
+        let record = cluster.certificate.renewed(
+            issued.key_sha256.clone(),
+            issued.not_after,
+            issued.ca_fingerprint.clone(),
+        );
+        match ctx.fleet.set_certificate(self.cluster, record) {
+            Ok(true) => {}
+            Ok(false) => return Err(DELETED.into()),
+            Err(e) => {
+                warn!(error = %e, "cannot record the renewed certificate");
+                return Err("the hub could not record the certificate; try again later".into());
+            }
+        }
+        ctx.metrics.certificate_issued("renewal");
+        Ok(issued)
     }
 
     /// Send what differs between what the agent holds and what it should run.
     async fn sync(&mut self) -> Result<(), Closed> {
-        let desired = self.fleet.full_sync(self.cluster);
+        let desired = self.ctx.fleet.full_sync(self.cluster);
         let wanted: HashSet<&BundleId> = desired.iter().map(|(b, _)| b).collect();
         let gone: Vec<BundleId> = self
             .sent
@@ -302,7 +344,7 @@ impl AgentStream {
 
     /// Send what changed since the last look: the bundles the fleet index marked.
     async fn send_changes(&mut self, session: &Session) -> Result<(), Closed> {
-        for (id, content) in self.fleet.take_changes(session) {
+        for (id, content) in self.ctx.fleet.take_changes(session) {
             match content {
                 Some(c) => self.deploy(id, &c).await?,
                 None => self.remove(id).await?,
@@ -316,6 +358,7 @@ impl AgentStream {
             return Ok(());
         }
         self.sent.insert(id.clone(), content.content_hash.clone());
+        self.known.insert(id.clone());
         self.send(wire::hub_message::Kind::Deploy(convert::deployment(
             &id, content,
         )))
@@ -332,8 +375,8 @@ impl AgentStream {
         .await
     }
 
-    fn handle(&mut self, msg: wire::AgentMessage) -> Result<(), Closed> {
-        self.fleet.seen(self.cluster);
+    async fn handle(&mut self, msg: wire::AgentMessage) -> Result<(), Closed> {
+        self.ctx.fleet.seen(self.cluster);
         match msg.kind {
             Some(wire::agent_message::Kind::Status(report)) => {
                 for s in report.deployments {
@@ -341,15 +384,20 @@ impl AgentStream {
                         warn!("status with an unknown state ignored");
                         continue;
                     };
-                    match self.fleet.record_status(self.cluster, &bundle, status) {
+                    if !self.known.contains(&bundle) {
+                        return self.refuse_status(&bundle).await;
+                    }
+                    match self.ctx.fleet.record_status(self.cluster, &bundle, status) {
                         Ok(true) => {}
+                        // Removed meanwhile: the agent has a Removal on its way.
                         Ok(false) => {
-                            warn!(bundle = %bundle, "status for a deployment this cluster does not run refused")
+                            debug!(bundle = %bundle, "status for a removed deployment ignored")
                         }
                         Err(e) => warn!(error = %e, "cannot store status"),
                     }
                 }
             }
+            Some(wire::agent_message::Kind::Renew(r)) => return self.renew(&r.csr_pem).await,
             Some(wire::agent_message::Kind::Ack(ack)) => {
                 debug!(deployment = %ack.deployment_id, "deployment acknowledged")
             }
@@ -359,6 +407,19 @@ impl AgentStream {
             Some(wire::agent_message::Kind::Pong(_)) | None => {}
         }
         Ok(())
+    }
+
+    /// A status about a deployment this agent never held nor was sent: not its own.
+    async fn refuse_status(&self, bundle: &BundleId) -> Result<(), Closed> {
+        self.ctx.metrics.refused(Refusal::StatusNotAssigned);
+        warn!(bundle = %bundle, reason = Refusal::StatusNotAssigned.as_str(), "status report refused");
+        let _ = self
+            .tx
+            .send(Err(Status::permission_denied(format!(
+                "deployment {bundle} is not assigned to this cluster; an agent reports status only for deployments the hub sent it"
+            ))))
+            .await;
+        Err(Closed)
     }
 
     async fn send(&self, kind: wire::hub_message::Kind) -> Result<(), Closed> {

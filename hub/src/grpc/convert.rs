@@ -6,8 +6,9 @@ use flotilla_proto::agent::v1 as wire;
 use crate::fleet::{ClusterView, DeploymentView};
 use crate::model::{
     Bundle, BundleContent, BundleId, ContentHash, DeploymentState, GitRepo, ObjectState,
-    ObjectStatus, ReportedStatus, unix_now,
+    ObjectStatus, RegistrationToken, ReportedStatus, unix_now,
 };
+use crate::pki::{CaInfo, CaRole};
 
 pub fn deployment(id: &BundleId, c: &BundleContent) -> wire::BundleDeployment {
     wire::BundleDeployment {
@@ -130,6 +131,39 @@ pub fn cluster(v: &ClusterView) -> admin::Cluster {
         agent_version: v.cluster.agent_version.clone(),
         kubernetes_version: v.cluster.kubernetes_version.clone(),
         registered_at: v.cluster.registered_at,
+        certificate_expires: v.cluster.certificate.not_after,
+        token_id: v.cluster.token_id.clone(),
+    }
+}
+
+pub fn token(t: &RegistrationToken) -> admin::Token {
+    admin::Token {
+        id: t.id.clone(),
+        description: t.description.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        max_uses: t.max_uses,
+        uses: t.uses,
+        labels: t.labels.clone().into_iter().collect(),
+        group: t.group.clone().unwrap_or_default(),
+        revoked_at: t.revoked_at.unwrap_or_default(),
+    }
+}
+
+pub fn ca((info, role): &(CaInfo, CaRole)) -> admin::CaCertificate {
+    let (role, serving) = match role {
+        CaRole::Active => ("active", false),
+        CaRole::ActiveServing => ("active", true),
+        CaRole::Previous => ("previous", false),
+        CaRole::PreviousServing => ("previous", true),
+    };
+    admin::CaCertificate {
+        fingerprint: info.fingerprint.clone(),
+        subject: info.subject.clone(),
+        not_before: info.not_before,
+        not_after: info.not_after,
+        role: role.to_string(),
+        serving,
     }
 }
 

@@ -32,6 +32,9 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// How long `open` waits for a lock held by a store of this process that is closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 const CLUSTERS: &str = "clusters";
 const TOKENS: &str = "tokens";
 const REPOS: &str = "gitrepos";
@@ -54,14 +57,28 @@ pub struct Store {
 impl Store {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(200))
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        let config = sled::Config::new().path(dir).flush_every_ms(Some(200));
+        // A store closed a moment ago in this process (a restarted hub) releases its file
+        // lock only when sled's flusher thread lets go of it: wait briefly for that.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports a held lock only in words (io::ErrorKind::Other).
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: dir.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         Ok(Self {
             clusters: db.open_tree(CLUSTERS)?,
             tokens: db.open_tree(TOKENS)?,
@@ -82,6 +99,10 @@ impl Store {
     pub fn put_cluster(&self, c: &Cluster) -> Result<()> {
         put(&self.clusters, c.id.to_string().as_bytes(), c)
     }
+    pub fn delete_cluster(&self, id: ClusterId) -> Result<()> {
+        self.clusters.remove(id.to_string().as_bytes())?;
+        Ok(())
+    }
     pub fn clusters(&self) -> Result<Vec<Cluster>> {
         all(&self.clusters, CLUSTERS)
     }
@@ -91,6 +112,24 @@ impl Store {
     }
     pub fn token(&self, id: &str) -> Result<Option<RegistrationToken>> {
         get(&self.tokens, TOKENS, id.as_bytes())
+    }
+    pub fn tokens(&self) -> Result<Vec<RegistrationToken>> {
+        all(&self.tokens, TOKENS)
+    }
+    /// Mark token `id` revoked at `now`; returns it, or `None` if there is no such token.
+    pub fn revoke_token(&self, id: &str, now: i64) -> Result<Option<RegistrationToken>> {
+        let updated = self.tokens.update_and_fetch(id.as_bytes(), |old| {
+            let old = old?;
+            // A record this code cannot read is left exactly as it is.
+            let Ok(mut t) = serde_json::from_slice::<RegistrationToken>(old) else {
+                return Some(old.to_vec());
+            };
+            t.revoked_at.get_or_insert(now);
+            Some(serde_json::to_vec(&t).expect("model types serialize"))
+        })?;
+        updated
+            .map(|v| decode(TOKENS, id.as_bytes(), &v))
+            .transpose()
     }
     /// Count one use of token `id` atomically, unless `check` refuses it. Returns `None` for
     /// an unknown token, else the token as it was before this use, or `check`'s refusal.

@@ -14,6 +14,9 @@ fn token(id: &str, max_uses: u32) -> RegistrationToken {
         expires_at: i64::MAX,
         max_uses,
         uses: 0,
+        labels: Default::default(),
+        group: None,
+        revoked_at: None,
     }
 }
 
@@ -30,6 +33,8 @@ fn records_survive_reopen() {
             registered_at: 1,
             agent_version: "0.1.0".into(),
             kubernetes_version: "v1.33.0".into(),
+            token_id: "t".into(),
+            certificate: Default::default(),
         };
         store.put_cluster(&cluster).unwrap();
         let status = ReportedStatus {

@@ -3,4 +3,6 @@
 
 mod emulator;
 mod git_server;
+mod rotation;
 mod scenarios;
+mod security;

@@ -1,0 +1,63 @@
+//! The hub's plain-HTTP port: `/healthz`, `/readyz` and `/metrics`, apart from the gRPC port
+//! so that probes and Prometheus need no client certificate.
+//!
+//! Nothing here reveals fleet data beyond counts: bind it where only the kubelet and the
+//! monitoring system can reach it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct Probe {
+    pub metrics: Arc<Metrics>,
+    /// True while the gRPC listener serves and shutdown has not begun.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serve the probe and metrics endpoints on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    probe: Probe,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(probe);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn readyz(State(probe): State<Probe>) -> impl IntoResponse {
+    if probe.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or shutting down\n",
+        )
+    }
+}
+
+async fn metrics(State(probe): State<Probe>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        probe.metrics.render(),
+    )
+}
