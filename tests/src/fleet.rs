@@ -272,14 +272,15 @@ impl TestFleet {
     pub fn agent_config(&self, name: &str, token: Option<String>) -> anyhow::Result<AgentConfig> {
         let c = self.clusters.get(name).context("no such test cluster")?;
         Ok(AgentConfig {
-            hub_url: self.hub_url(),
+            hub_url: Some(self.hub_url()),
             token,
             ca_pem: Some(self.ca_pem()?),
-            cluster_name: name.to_string(),
+            cluster_name: Some(name.to_string()),
             labels: BTreeMap::new(),
             namespace: "flotilla-system".into(),
             identity: c.identity.clone(),
             kube: KubeSource::Kubeconfig(c.kubeconfig.clone()),
+            bootstrap_secret: None,
             backoff: BackoffConfig {
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(500),

@@ -3,6 +3,7 @@
 
 mod emulator;
 mod git_server;
+mod install;
 mod rotation;
 mod scenarios;
 mod security;

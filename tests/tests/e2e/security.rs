@@ -12,7 +12,7 @@ use flotilla_tests::raw_agent::{self, RawIdentity, RawStream};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-const CONFIG_MAP: &str = "apiVersion: v1
+pub(crate) const CONFIG_MAP: &str = "apiVersion: v1
 kind: ConfigMap
 metadata:
   name: settings
