@@ -22,6 +22,26 @@ fn all_ready(s: &api::GetStatusResponse, clusters: &[&str], rev: &str) -> bool {
     })
 }
 
+/// `fleet` following one bundle, with an agent for each of `names`, all Ready.
+async fn fleet_ready(
+    mut fleet: TestFleet,
+    names: &[&str],
+) -> anyhow::Result<(TestFleet, flotilla_tests::git_server::TestRepo, String)> {
+    let repo = fleet.git.create_repo("apps")?;
+    repo.write("app/settings.yaml", &config_map("one"))?;
+    let first = repo.commit("first")?;
+    fleet
+        .add_repo("apps", &fleet.git.file_url("apps"), &["app"])
+        .await?;
+    for n in names {
+        fleet.add_cluster(n).await?;
+    }
+    fleet
+        .wait_status("every cluster Ready", |s| all_ready(s, names, &first))
+        .await?;
+    Ok((fleet, repo, first))
+}
+
 /// Every stream ever closed, whatever the reason.
 async fn streams_closed(fleet: &TestFleet) -> anyhow::Result<f64> {
     let (_, text) = fleet.http_get("/metrics").await?;
@@ -43,20 +63,12 @@ async fn renewals(fleet: &TestFleet) -> anyhow::Result<f64> {
 /// new commit still reaches every cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renew_over_the_stream_across_expiry() -> anyhow::Result<()> {
-    let mut fleet = TestFleet::start_with(|c| c.client_cert_ttl = Duration::from_secs(4)).await?;
-    let repo = fleet.git.create_repo("apps")?;
-    repo.write("app/settings.yaml", &config_map("one"))?;
-    let first = repo.commit("first")?;
-    fleet
-        .add_repo("apps", &fleet.git.file_url("apps"), &["app"])
-        .await?;
     let names = ["east", "west"];
-    for n in names {
-        fleet.add_cluster(n).await?;
-    }
-    fleet
-        .wait_status("both Ready", |s| all_ready(s, &names, &first))
-        .await?;
+    let (fleet, repo, _) = fleet_ready(
+        TestFleet::start_with(|c| c.client_cert_ttl = Duration::from_secs(4)).await?,
+        &names,
+    )
+    .await?;
     let expiry_before: i64 = fleet
         .status()
         .await?
@@ -118,20 +130,8 @@ fn ca_status(text: &str) -> (usize, Vec<String>) {
 /// reconnects (it trusts the bundle the hub gave it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_rotation_with_agents_connected_drops_no_stream() -> anyhow::Result<()> {
-    let mut fleet = TestFleet::start().await?;
-    let repo = fleet.git.create_repo("apps")?;
-    repo.write("app/settings.yaml", &config_map("one"))?;
-    let first = repo.commit("first")?;
-    fleet
-        .add_repo("apps", &fleet.git.file_url("apps"), &["app"])
-        .await?;
     let names = ["east", "west", "north"];
-    for n in names {
-        fleet.add_cluster(n).await?;
-    }
-    fleet
-        .wait_status("all Ready", |s| all_ready(s, &names, &first))
-        .await?;
+    let (mut fleet, repo, _) = fleet_ready(TestFleet::start().await?, &names).await?;
     let old_ca = fleet.ca_pem()?;
     // North is away during the rotation.
     fleet.stop_agent("north").await??;
