@@ -184,6 +184,11 @@ impl AgentStream {
         ping.tick().await;
         let mut nonce = 0u64;
         let shutdown = self.ctx.shutdown.clone();
+        // One timer for the stream's certificate, moved only when a renewal extends it: not
+        // a new timer for every message.
+        let expiry = tokio::time::sleep(self.time_left());
+        tokio::pin!(expiry);
+        let mut expires = self.expires;
         loop {
             let step = tokio::select! {
                 // Cancellation first: a replaced stream must not consume the change
@@ -191,7 +196,7 @@ impl AgentStream {
                 biased;
                 _ = shutdown.cancelled() => return "shutdown",
                 _ = session.cancelled.cancelled() => return self.cancelled().await,
-                _ = tokio::time::sleep(self.time_left()) => return self.expired().await,
+                _ = &mut expiry => return self.expired().await,
                 _ = session.changed.notified() => self.send_changes(&session).await,
                 Ok(()) = trust.changed() => self.send_trust().await,
                 msg = inbound.message() => match msg {
@@ -203,6 +208,12 @@ impl AgentStream {
             };
             if step.is_err() {
                 return "disconnected";
+            }
+            if self.expires != expires {
+                expires = self.expires;
+                expiry
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.time_left());
             }
         }
     }
