@@ -16,6 +16,7 @@ pub mod model;
 pub mod pki;
 pub mod source;
 pub mod store;
+pub mod target;
 
 pub use config::HubConfig;
 pub use hub::{AdminCredential, Hub, HubError};
