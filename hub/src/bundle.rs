@@ -62,43 +62,116 @@ pub fn is_manifest_file(path: &str) -> bool {
         && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
 }
 
+/// One Kubernetes object of a bundle and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourcedObject {
+    /// `path/in/repo.yaml#N` (N counts documents from 1), or the renderer's own source
+    /// (a Helm template path, `kustomize build <dir>#N`).
+    pub source: String,
+    pub object: Value,
+}
+
+/// Per-deployment options that travel with the content to the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContentOptions {
+    pub keep_resources: bool,
+    pub correct_drift: bool,
+}
+
 /// Build a bundle from its files at `revision`. Files that are not manifests are ignored.
 pub fn build(
     revision: &str,
     default_namespace: &str,
     files: &[BundleFile],
 ) -> Result<BuiltBundle, BundleError> {
+    Ok(assemble(
+        revision,
+        default_namespace,
+        ContentOptions::default(),
+        parse_files(files)?,
+    ))
+}
+
+/// Parse every manifest file of `files` (in path order) into objects.
+pub fn parse_files(files: &[BundleFile]) -> Result<Vec<SourcedObject>, BundleError> {
     let mut files: Vec<&BundleFile> = files.iter().filter(|f| is_manifest_file(&f.path)).collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut refs = Vec::new();
-    let mut manifests = Vec::new();
+    let mut out = Vec::new();
     for file in files {
         for (index, object) in parse_file(file)?.into_iter().enumerate() {
-            let json = serde_json::to_vec(&object).expect("JSON values serialize");
-            let hash = ContentHash::of(&json);
-            refs.push(ManifestRef {
-                hash: hash.clone(),
+            out.push(SourcedObject {
                 source: format!("{}#{}", file.path, index + 1),
+                object,
             });
-            manifests.push(BuiltManifest { hash, json });
         }
     }
-    let content_hash = content_hash(default_namespace, &refs);
-    Ok(BuiltBundle {
+    Ok(out)
+}
+
+/// Parse the output of a renderer (multi-document YAML) into objects named
+/// `<source>#N`; errors name `source`.
+pub fn parse_rendered(source: &str, yaml: &[u8]) -> Result<Vec<SourcedObject>, BundleError> {
+    let file = BundleFile {
+        path: source.to_string(),
+        data: yaml.to_vec(),
+    };
+    Ok(parse_file(&file)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, object)| SourcedObject {
+            source: format!("{source}#{}", i + 1),
+            object,
+        })
+        .collect())
+}
+
+/// Store-ready content from objects: each object serialized once and named by its hash.
+pub fn assemble(
+    revision: &str,
+    default_namespace: &str,
+    options: ContentOptions,
+    objects: Vec<SourcedObject>,
+) -> BuiltBundle {
+    let mut refs = Vec::new();
+    let mut manifests = Vec::new();
+    for o in objects {
+        let json = serde_json::to_vec(&o.object).expect("JSON values serialize");
+        let hash = ContentHash::of(&json);
+        refs.push(ManifestRef {
+            hash: hash.clone(),
+            source: o.source,
+        });
+        manifests.push(BuiltManifest { hash, json });
+    }
+    let content_hash = content_hash(default_namespace, options, &refs);
+    BuiltBundle {
         content: BundleContent {
             content_hash,
             revision: revision.to_string(),
             default_namespace: default_namespace.to_string(),
             manifests: refs,
+            keep_resources: options.keep_resources,
+            correct_drift: options.correct_drift,
         },
         manifests,
-    })
+    }
 }
 
 /// The hash naming a deployment's desired state. The revision is left out on purpose: a
 /// commit that does not change a bundle does not redeploy it.
-fn content_hash(default_namespace: &str, refs: &[ManifestRef]) -> ContentHash {
+fn content_hash(
+    default_namespace: &str,
+    options: ContentOptions,
+    refs: &[ManifestRef],
+) -> ContentHash {
     let mut text = format!("ns={default_namespace}\n");
+    // Options are hashed only when set, so content built before they existed keeps its hash.
+    if options.keep_resources {
+        text.push_str("keep-resources\n");
+    }
+    if options.correct_drift {
+        text.push_str("correct-drift\n");
+    }
     for r in refs {
         text.push_str(&r.hash.0);
         text.push(' ');

@@ -254,6 +254,12 @@ pub struct BundleContent {
     pub revision: String,
     pub default_namespace: String,
     pub manifests: Vec<ManifestRef>,
+    /// fleet.yaml `keepResources`: removing the deployment leaves its objects in place.
+    #[serde(default)]
+    pub keep_resources: bool,
+    /// GitRepo or fleet.yaml `correctDrift.enabled`: the agent reverts hand edits.
+    #[serde(default)]
+    pub correct_drift: bool,
 }
 
 /// A bundle at its current revision.

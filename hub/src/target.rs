@@ -145,7 +145,10 @@ impl ClusterTarget {
     /// Whether this target selects `cluster`.
     pub fn matches(&self, cluster: &ClusterFacts<'_>) -> bool {
         !self.is_empty()
-            && self.cluster_name.as_deref().is_none_or(|n| n == cluster.name)
+            && self
+                .cluster_name
+                .as_deref()
+                .is_none_or(|n| n == cluster.name)
             && self
                 .cluster_selector
                 .as_ref()
@@ -252,7 +255,12 @@ mod tests {
         );
         let s = selector("matchExpressions: [{key: env, operator: Exists, values: [a]}]");
         assert!(s.validate("x").unwrap_err().contains("takes no values"));
-        assert!(serde_saphyr::from_str::<LabelSelector>("matchExpressions: [{key: a, operator: Maybe}]").is_err());
+        assert!(
+            serde_saphyr::from_str::<LabelSelector>(
+                "matchExpressions: [{key: a, operator: Maybe}]"
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -291,8 +299,12 @@ mod tests {
         assert!(!t("clusterGroup: lab").matches(&store));
         assert!(t("clusterGroupSelector: {matchLabels: {tier: edge}}").matches(&store));
         assert!(!t("clusterGroupSelector: {matchLabels: {tier: edge}}").matches(&lab));
-        assert!(!t("{clusterGroup: edge, clusterSelector: {matchLabels: {env: dev}}}").matches(&store));
-        assert!(t("{clusterGroup: edge, clusterSelector: {matchLabels: {env: prod}}}").matches(&store));
+        assert!(
+            !t("{clusterGroup: edge, clusterSelector: {matchLabels: {env: dev}}}").matches(&store)
+        );
+        assert!(
+            t("{clusterGroup: edge, clusterSelector: {matchLabels: {env: prod}}}").matches(&store)
+        );
         // A target with no criterion matches nothing and is refused by validation.
         assert!(!t("name: nothing").matches(&store));
         assert!(t("name: nothing").validate("spec.targets[0]").is_err());

@@ -133,6 +133,7 @@ mod tests {
                     source: "a#0".into(),
                 },
             ],
+            ..Default::default()
         });
         assert_eq!(
             d.manifests

@@ -33,6 +33,7 @@ async fn registers_deploys_reports_removes_and_restarts_without_a_token() {
         content_hash: "h1".into(),
         default_namespace: "apps".into(),
         manifests: vec![cm.clone(), web.clone()],
+        ..Default::default()
     };
     h.send(In::Deploy(deploy.clone())).await;
     let mut fetched = h.expect("fetch", fetch_hashes).await;
@@ -99,6 +100,7 @@ async fn registers_deploys_reports_removes_and_restarts_without_a_token() {
 
     h.send(In::Remove(pb::Removal {
         deployment_id: "apps/app".into(),
+        keep_resources: false,
     }))
     .await;
     h.wait_cluster("removal", |objects| {

@@ -79,6 +79,7 @@ async fn renews_on_the_live_stream_before_expiry_and_stores_the_new_key() {
         content_hash: "h1".into(),
         default_namespace: "apps".into(),
         manifests: vec![cm],
+        ..Default::default()
     }))
     .await;
     h.expect("fetch", fetch_hashes).await;

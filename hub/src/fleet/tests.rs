@@ -34,6 +34,8 @@ fn bundle(repo: &str, path: &str, rev: &str, body: &str) -> Bundle {
                 hash,
                 source: format!("{path}/a.yaml#1"),
             }],
+            keep_resources: false,
+            correct_drift: false,
         })),
         error: None,
     }

@@ -51,6 +51,7 @@ impl wire::agent_service_server::AgentService for AgentService {
             cluster,
             tx,
             sent: HashMap::new(),
+            keep: HashSet::new(),
             known: HashSet::new(),
             key_sha256: cert.key_sha256,
             expires: cert.not_after,
@@ -109,6 +110,8 @@ struct AgentStream {
     tx: mpsc::Sender<Result<wire::HubMessage, Status>>,
     /// What the agent holds (or has been sent): deployment → content hash.
     sent: HashMap<BundleId, ContentHash>,
+    /// Deployments last sent with `keep_resources`: their removal releases the objects.
+    keep: HashSet<BundleId>,
     /// Every deployment this agent held or was sent on this stream: the only ones it can
     /// legitimately report about.
     known: HashSet<BundleId>,
@@ -370,6 +373,11 @@ impl AgentStream {
         }
         self.sent.insert(id.clone(), content.content_hash.clone());
         self.known.insert(id.clone());
+        if content.keep_resources {
+            self.keep.insert(id.clone());
+        } else {
+            self.keep.remove(&id);
+        }
         self.send(wire::hub_message::Kind::Deploy(convert::deployment(
             &id, content,
         )))
@@ -380,8 +388,10 @@ impl AgentStream {
         if self.sent.remove(&id).is_none() {
             return Ok(());
         }
+        let keep_resources = self.keep.remove(&id);
         self.send(wire::hub_message::Kind::Remove(wire::Removal {
             deployment_id: id.0,
+            keep_resources,
         }))
         .await
     }

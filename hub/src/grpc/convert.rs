@@ -25,6 +25,8 @@ pub fn deployment(id: &BundleId, c: &BundleContent) -> wire::BundleDeployment {
                 source: m.source.clone(),
             })
             .collect(),
+        keep_resources: c.keep_resources,
+        correct_drift: c.correct_drift,
     }
 }
 
