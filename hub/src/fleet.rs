@@ -1,11 +1,18 @@
 //! The fleet index: the hub's in-memory picture of who exists, who is connected, which
 //! bundles each cluster should run and what each agent last reported.
 //!
-//! It is the one place that joins clusters, bundles and status. Every change is applied
-//! incrementally: a new bundle revision touches the clusters that get that bundle, a new
-//! cluster touches the bundles it gets, a status report touches one deployment. Nothing
-//! rescans clusters x bundles after start-up. Desired content is an `Arc<BundleContent>`
-//! shared by every cluster that gets it.
+//! It is the one place that joins clusters, targeting (GitRepo targets and environments,
+//! cluster groups, fleet.yaml customizations and dependsOn), bundles and status. Every change
+//! is applied incrementally:
+//! - a new bundle revision touches the clusters placed in that GitRepo environment
+//!   (`members`), nothing else;
+//! - a cluster's labels changing recomputes that one cluster;
+//! - a cluster group's selector changing recomputes the clusters whose membership changed;
+//! - a GitRepo's targets changing recomputes that GitRepo's bundles on each cluster;
+//! - a status report touches one deployment (and the deployments waiting on it).
+//!
+//! Nothing rescans clusters x bundles after start-up. Desired content is an
+//! `Arc<BundleContent>` shared by every cluster that gets it.
 //!
 //! Agent streams do not poll: each cluster has a `Notify` that fires when its desired set
 //! changes, and its stream task then sends the difference.
@@ -13,7 +20,7 @@
 //! Durable facts go to the store on change (registration, bundle builds, status changes);
 //! connection state and last-seen times are memory only, so heartbeats never write.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::Notify;
@@ -21,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{
     Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, DeploymentState,
-    ReportedStatus, unix_now,
+    GitRepoSpec, ReportedStatus, unix_now,
 };
 use crate::store::{Store, StoreError};
+use crate::target::{ClusterFacts, ClusterGroup, first_match};
 
 /// A cluster's live connection state.
 #[derive(Clone, Debug, Default)]
@@ -44,13 +52,42 @@ struct ClusterEntry {
     session: Option<(u64, CancellationToken)>,
 }
 
+/// A GitRepo environment: (GitRepo name, environment name; "" when it has none).
+type EnvKey = (String, String);
+
+/// What one cluster gets for one bundle.
+#[derive(Clone, Debug)]
+struct Placed {
+    repo: String,
+    env: String,
+    /// The content to run; None while the variant this cluster gets never built.
+    content: Option<Arc<BundleContent>>,
+    /// Why the newest revision of this cluster's variant could not be built or rendered.
+    error: Option<String>,
+    /// Why the deployment is held back (a dependency not Ready yet); not sent while set.
+    held: Option<String>,
+}
+
+impl Placed {
+    /// The content an agent should run, if any may be sent.
+    fn sendable(&self) -> Option<&Arc<BundleContent>> {
+        self.content.as_ref().filter(|_| self.held.is_none())
+    }
+}
+
 #[derive(Default)]
 struct State {
     clusters: HashMap<ClusterId, ClusterEntry>,
     names: HashMap<String, ClusterId>,
-    bundles: BTreeMap<BundleId, Bundle>,
-    /// What each cluster should run: bundle → shared content.
-    desired: HashMap<ClusterId, BTreeMap<BundleId, Arc<BundleContent>>>,
+    /// The targeting half of each GitRepo.
+    repos: BTreeMap<String, GitRepoSpec>,
+    groups: BTreeMap<String, ClusterGroup>,
+    /// Each GitRepo environment's bundles.
+    bundles: BTreeMap<EnvKey, BTreeMap<BundleId, Bundle>>,
+    /// The clusters placed in each GitRepo environment: who a new revision reaches.
+    members: HashMap<EnvKey, BTreeSet<ClusterId>>,
+    /// What each cluster should run.
+    desired: HashMap<ClusterId, BTreeMap<BundleId, Placed>>,
     status: HashMap<(ClusterId, BundleId), ReportedStatus>,
     next_session: u64,
 }
@@ -61,6 +98,8 @@ pub struct DeploymentView {
     pub cluster: ClusterId,
     pub cluster_name: String,
     pub bundle: BundleId,
+    /// The GitRepo environment the cluster is in for this bundle ("" when none).
+    pub environment: String,
     pub desired_revision: String,
     pub reported: Option<ReportedStatus>,
     pub state: DeploymentState,
@@ -117,14 +156,24 @@ impl Fleet {
     /// Load the index from the store: the one full pass, at start-up.
     pub fn load(store: Store) -> Result<Arc<Self>, StoreError> {
         let mut st = State::default();
+        for r in store.repos()? {
+            st.repos.insert(r.spec.name.clone(), r.spec);
+        }
+        for g in store.groups()? {
+            st.groups.insert(g.name.clone(), g);
+        }
         for b in store.bundles()? {
-            st.bundles.insert(b.id.clone(), b);
+            st.bundles
+                .entry((b.repo.clone(), b.env.clone()))
+                .or_default()
+                .insert(b.id.clone(), b);
+        }
+        // Statuses first: dependsOn decides from them what may be sent.
+        for (cluster, bundle, s) in store.statuses()? {
+            st.status.insert((cluster, bundle), s);
         }
         for c in store.clusters()? {
             insert_cluster(&mut st, c);
-        }
-        for (cluster, bundle, s) in store.statuses()? {
-            st.status.insert((cluster, bundle), s);
         }
         Ok(Arc::new(Self {
             state: RwLock::new(st),
@@ -226,6 +275,9 @@ impl Fleet {
         let entry = st.clusters.remove(&id).expect("checked above");
         st.names.remove(&entry.cluster.name);
         st.desired.remove(&id);
+        for members in st.members.values_mut() {
+            members.remove(&id);
+        }
         for bundle in &desired {
             st.status.remove(&(id, bundle.clone()));
         }
@@ -237,6 +289,132 @@ impl Fleet {
             was_connected,
             deployments: desired.len(),
         }))
+    }
+
+    /// Replace the labels of cluster `name` (the admin's, `cluster label`). Only this cluster
+    /// is re-targeted. Returns the updated cluster, or None if there is no such cluster.
+    pub fn set_cluster_labels(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Option<Cluster>, StoreError> {
+        let mut st = self.write();
+        let Some(id) = st.names.get(name).copied() else {
+            return Ok(None);
+        };
+        let entry = st.clusters.get_mut(&id).expect("names and clusters agree");
+        if entry.cluster.labels == labels {
+            return Ok(Some(entry.cluster.clone()));
+        }
+        let mut updated = entry.cluster.clone();
+        updated.labels = labels;
+        self.store.put_cluster(&updated)?;
+        entry.cluster = updated.clone();
+        replace_cluster(&mut st, &self.store, id)?;
+        Ok(Some(updated))
+    }
+
+    /// Create or replace a cluster group. Only clusters whose membership changed are
+    /// re-targeted (all clusters are checked against the two selectors, nothing more).
+    pub fn set_group(&self, group: ClusterGroup) -> Result<bool, StoreError> {
+        let mut st = self.write();
+        let old = st.groups.get(&group.name).cloned();
+        if old.as_ref() == Some(&group) {
+            return Ok(false);
+        }
+        self.store.put_group(&group)?;
+        st.groups.insert(group.name.clone(), group.clone());
+        regroup(&mut st, &self.store, old.as_ref(), Some(&group))?;
+        Ok(true)
+    }
+
+    /// Delete a cluster group; returns false when there was none.
+    pub fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+        let mut st = self.write();
+        let Some(old) = st.groups.get(name).cloned() else {
+            return Ok(false);
+        };
+        self.store.delete_group(name)?;
+        st.groups.remove(name);
+        regroup(&mut st, &self.store, Some(&old), None)?;
+        Ok(true)
+    }
+
+    /// Every cluster group, by name, with its member count.
+    pub fn groups(&self) -> Vec<(ClusterGroup, usize)> {
+        let st = self.read();
+        st.groups
+            .values()
+            .map(|g| {
+                let n = st
+                    .clusters
+                    .values()
+                    .filter(|e| g.contains(&e.cluster.labels))
+                    .count();
+                (g.clone(), n)
+            })
+            .collect()
+    }
+
+    /// Create or replace the targeting of GitRepo `spec.name` (targets, environments).
+    /// Re-targets this GitRepo's bundles on every cluster; other GitRepos are not touched.
+    /// Bundles of environments the spec no longer has are dropped.
+    pub fn set_repo(&self, spec: GitRepoSpec) -> Result<(), StoreError> {
+        let mut st = self.write();
+        let name = spec.name.clone();
+        let envs: BTreeSet<String> = spec
+            .effective_environments()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        let unchanged = st.repos.get(&name).is_some_and(|old| {
+            old.targets == spec.targets && old.environments == spec.environments
+        });
+        st.repos.insert(name.clone(), spec);
+        let stale: Vec<EnvKey> = st
+            .bundles
+            .keys()
+            .filter(|(r, e)| *r == name && !envs.contains(e))
+            .cloned()
+            .collect();
+        for key in &stale {
+            for b in st.bundles.remove(key).unwrap_or_default().values() {
+                self.store.delete_bundle(b)?;
+            }
+        }
+        if unchanged && stale.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ClusterId> = st.clusters.keys().copied().collect();
+        for id in ids {
+            replace_repo_on(&mut st, &self.store, id, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Forget GitRepo `name`: its bundles leave every cluster (pruned by the agents).
+    pub fn remove_repo(&self, name: &str) -> Result<bool, StoreError> {
+        let mut st = self.write();
+        if st.repos.remove(name).is_none() {
+            return Ok(false);
+        }
+        let keys: Vec<EnvKey> = st
+            .bundles
+            .keys()
+            .filter(|(r, _)| r == name)
+            .cloned()
+            .collect();
+        for key in keys {
+            for b in st.bundles.remove(&key).unwrap_or_default().values() {
+                self.store.delete_bundle(b)?;
+            }
+            st.members.remove(&key);
+        }
+        let ids: Vec<ClusterId> = st.clusters.keys().copied().collect();
+        for id in ids {
+            replace_repo_on(&mut st, &self.store, id, name)?;
+        }
+        Ok(true)
     }
 
     /// Register a live stream for `cluster`, replacing (cancelling) an older one.
@@ -284,7 +462,8 @@ impl Fleet {
     }
 
     /// The bundles of `cluster` that changed since the last call (or full sync), each with
-    /// its desired content, or None when the cluster should no longer run it.
+    /// its desired content, or None when the cluster should no longer run it. A bundle that
+    /// is held back or has never built is left out: the agent keeps what it has.
     /// Only the cluster's current stream may take them: a replaced one gets nothing.
     pub fn take_changes(&self, session: &Session) -> Vec<(BundleId, Option<Arc<BundleContent>>)> {
         let cluster = session.cluster;
@@ -299,61 +478,131 @@ impl Fleet {
         let desired = st.desired.get(&cluster);
         pending
             .into_iter()
-            .map(|b| {
-                let c = desired.and_then(|d| d.get(&b).cloned());
-                (b, c)
+            .filter_map(|b| match desired.and_then(|d| d.get(&b)) {
+                None => Some((b, None)),
+                Some(p) => p.sendable().map(|c| (b, Some(c.clone()))),
             })
             .collect()
     }
 
-    /// Replace the bundles of Git repository `repo` with `bundles` (the repo's complete set at
-    /// its newest commit). Only bundles whose content changed reach the clusters.
-    pub fn set_repo_bundles(&self, repo: &str, bundles: Vec<Bundle>) -> Result<(), StoreError> {
+    /// Replace the bundles of one environment of GitRepo `repo` with `bundles` (its complete
+    /// set at the environment's newest commit). Only bundles whose content changed reach
+    /// the clusters, and only the clusters placed in that environment.
+    pub fn set_repo_bundles(
+        &self,
+        repo: &str,
+        env: &str,
+        bundles: Vec<Bundle>,
+    ) -> Result<(), StoreError> {
         let mut st = self.write();
-        let old: Vec<BundleId> = st
-            .bundles
-            .values()
-            .filter(|b| b.repo == repo)
-            .map(|b| b.id.clone())
-            .collect();
-        for id in old
-            .iter()
-            .filter(|id| !bundles.iter().any(|b| &b.id == *id))
-        {
-            self.store.delete_bundle(id)?;
-            st.bundles.remove(id);
-            retarget(&mut st, &self.store, id, None)?;
+        let key: EnvKey = (repo.to_string(), env.to_string());
+        let old = st.bundles.get(&key).cloned().unwrap_or_default();
+        let mut changed: Vec<BundleId> = Vec::new();
+        for (id, b) in &old {
+            if !bundles.iter().any(|n| &n.id == id) {
+                self.store.delete_bundle(b)?;
+                st.bundles.get_mut(&key).map(|m| m.remove(id));
+                changed.push(id.clone());
+            }
         }
         for mut bundle in bundles {
-            let prev = st.bundles.get(&bundle.id);
-            let hash = |b: &Bundle| b.content.as_ref().map(|c| c.content_hash.clone());
-            let content_changed = prev.map(hash) != Some(hash(&bundle));
-            if !content_changed {
-                // Same content at a newer commit: keep the revision it was first built at,
-                // so clusters are not told to redeploy what they already run.
-                bundle.content = prev.and_then(|p| p.content.clone());
-            }
+            let prev = old.get(&bundle.id);
+            keep_revisions(prev, &mut bundle);
             if prev == Some(&bundle) {
                 continue;
             }
             self.store.put_bundle(&bundle)?;
-            let (id, content) = (bundle.id.clone(), bundle.content.clone());
-            st.bundles.insert(id.clone(), bundle);
-            if content_changed {
-                retarget(&mut st, &self.store, &id, content)?;
+            let targeting_changed = prev.is_none_or(|p| {
+                p.content.as_ref().map(|c| &c.content_hash)
+                    != bundle.content.as_ref().map(|c| &c.content_hash)
+                    || p.error != bundle.error
+                    || p.customizations != bundle.customizations
+                    || p.override_targets != bundle.override_targets
+                    || p.depends_on != bundle.depends_on
+                    || p.labels != bundle.labels
+            });
+            if targeting_changed {
+                changed.push(bundle.id.clone());
             }
+            st.bundles
+                .entry(key.clone())
+                .or_default()
+                .insert(bundle.id.clone(), bundle);
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let members: Vec<ClusterId> = st
+            .members
+            .get(&key)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default();
+        for cluster in members {
+            for id in &changed {
+                let placed = place_bundle(&st, cluster, &key, id);
+                set_placed(&mut st, &self.store, cluster, id, placed)?;
+            }
+            release_waiting(&mut st, &self.store, cluster)?;
         }
         Ok(())
     }
 
-    /// One bundle at its current revision.
-    pub fn bundle(&self, id: &BundleId) -> Option<Bundle> {
-        self.read().bundles.get(id).cloned()
+    /// One bundle of one environment at its current revision.
+    pub fn bundle(&self, repo: &str, env: &str, id: &BundleId) -> Option<Bundle> {
+        self.read()
+            .bundles
+            .get(&(repo.to_string(), env.to_string()))
+            .and_then(|m| m.get(id))
+            .cloned()
     }
 
-    /// The bundles of every Git repository.
+    /// The bundles of every Git repository and environment.
     pub fn bundles(&self) -> Vec<Bundle> {
-        self.read().bundles.values().cloned().collect()
+        self.read()
+            .bundles
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
+    /// Which environment of GitRepo `spec` a cluster with `name` and `labels` falls in, and
+    /// which bundles of `bundles` (that environment's) it would get, with their content:
+    /// the same rules as live targeting, for `preview`. None: the GitRepo does not target it.
+    pub fn placement_preview(&self, spec: &GitRepoSpec, cluster: &Cluster) -> Option<String> {
+        let st = self.read();
+        let groups = groups_of(&st, &cluster.labels);
+        let facts = ClusterFacts {
+            name: &cluster.name,
+            labels: &cluster.labels,
+            groups: &groups,
+        };
+        environment_of(spec, &facts)
+    }
+
+    /// What a cluster would get of `bundle` (an environment's build, possibly not live yet).
+    pub fn variant_preview(
+        &self,
+        spec: &GitRepoSpec,
+        bundle: &Bundle,
+        cluster: &Cluster,
+    ) -> Result<Option<Arc<BundleContent>>, String> {
+        let st = self.read();
+        let groups = groups_of(&st, &cluster.labels);
+        let facts = ClusterFacts {
+            name: &cluster.name,
+            labels: &cluster.labels,
+            groups: &groups,
+        };
+        variant_for(spec, bundle, &facts)
+            .map(|v| {
+                v.and_then(|(content, error)| match (content, error) {
+                    (_, Some(e)) => Some(Err(e)),
+                    (Some(c), None) => Some(Ok(c)),
+                    (None, None) => None,
+                })
+            })
+            .unwrap_or(None)
+            .transpose()
     }
 
     /// Record a status an agent reported for one of its own deployments. Reports about
@@ -376,8 +625,16 @@ impl Fleet {
         if st.status.get(&key).is_some_and(|s| same_report(s, &status)) {
             return Ok(true);
         }
+        let became_ready = status.state == DeploymentState::Ready
+            && st
+                .status
+                .get(&key)
+                .is_none_or(|s| s.state != DeploymentState::Ready);
         self.store.put_status(cluster, bundle, &status)?;
         st.status.insert(key, status);
+        if became_ready {
+            release_waiting(&mut st, &self.store, cluster)?;
+        }
         Ok(true)
     }
 
@@ -404,9 +661,9 @@ impl Fleet {
             let Some(entry) = st.clusters.get(cluster) else {
                 continue;
             };
-            for (bundle, content) in desired {
+            for (bundle, placed) in desired {
                 let reported = st.status.get(&(*cluster, bundle.clone())).cloned();
-                out.push(view(entry, bundle, content, reported));
+                out.push(view(entry, bundle, placed, reported));
             }
         }
         out.sort_by(|a, b| (&a.cluster_name, &a.bundle).cmp(&(&b.cluster_name, &b.bundle)));
@@ -421,32 +678,327 @@ impl Fleet {
     }
 }
 
-/// Whether a cluster gets a bundle. Targeting rules (labels, groups, environments) plug in
-/// here; until a GitRepo can name targets, every registered cluster gets every bundle.
-fn targets(_bundle: &Bundle, _cluster: &Cluster) -> bool {
-    true
+/// The groups containing a cluster with `labels`.
+fn groups_of<'a>(st: &'a State, labels: &BTreeMap<String, String>) -> Vec<&'a ClusterGroup> {
+    st.groups.values().filter(|g| g.contains(labels)).collect()
+}
+
+/// The environment of GitRepo `spec` a cluster falls in, or None if it is not targeted.
+fn environment_of(spec: &GitRepoSpec, facts: &ClusterFacts<'_>) -> Option<String> {
+    if !spec.targets.is_empty() && first_match(&spec.targets, facts).is_none() {
+        return None;
+    }
+    if spec.environments.is_empty() {
+        return Some(String::new());
+    }
+    spec.environments
+        .iter()
+        .find(|e| e.target.matches(facts))
+        .map(|e| e.name.clone())
+}
+
+/// What a cluster gets of `bundle`: None when the bundle does not target it, else its
+/// variant's (content, error).
+#[allow(clippy::type_complexity)]
+fn variant_for(
+    spec: &GitRepoSpec,
+    bundle: &Bundle,
+    facts: &ClusterFacts<'_>,
+) -> Option<Option<(Option<Arc<BundleContent>>, Option<String>)>> {
+    if !bundle.override_targets.is_empty() && first_match(&bundle.override_targets, facts).is_none()
+    {
+        return None;
+    }
+    let _ = spec;
+    let targets: Vec<_> = bundle
+        .customizations
+        .iter()
+        .map(|c| c.target.clone())
+        .collect();
+    match first_match(&targets, facts) {
+        Some(i) => {
+            let c = &bundle.customizations[i];
+            if c.do_not_deploy {
+                return None;
+            }
+            Some(Some((c.content.clone(), c.error.clone())))
+        }
+        None => Some(Some((bundle.content.clone(), bundle.error.clone()))),
+    }
+}
+
+/// Compute what `cluster` gets of bundle `id` of environment `key`, dependsOn included.
+fn place_bundle(st: &State, cluster: ClusterId, key: &EnvKey, id: &BundleId) -> Option<Placed> {
+    let entry = st.clusters.get(&cluster)?;
+    let spec = st.repos.get(&key.0)?;
+    let bundle = st.bundles.get(key)?.get(id)?;
+    let groups = groups_of(st, &entry.cluster.labels);
+    let facts = ClusterFacts {
+        name: &entry.cluster.name,
+        labels: &entry.cluster.labels,
+        groups: &groups,
+    };
+    let (content, error) = variant_for(spec, bundle, &facts)??;
+    let content = content.map(|c| with_repo_options(spec, c));
+    let mut placed = Placed {
+        repo: key.0.clone(),
+        env: key.1.clone(),
+        content,
+        error,
+        held: None,
+    };
+    // A deployment already released stays released: a dependency turning NotReady later
+    // does not take running workloads away.
+    let released = st
+        .desired
+        .get(&cluster)
+        .and_then(|d| d.get(id))
+        .is_some_and(|p| p.held.is_none() && p.content.is_some());
+    if !released {
+        placed.held = waiting_for(st, cluster, key, bundle);
+    }
+    Some(placed)
+}
+
+/// GitRepo-level options (correctDrift, keepResources) folded into a bundle's content.
+fn with_repo_options(spec: &GitRepoSpec, c: Arc<BundleContent>) -> Arc<BundleContent> {
+    if (spec.correct_drift && !c.correct_drift) || (spec.keep_resources && !c.keep_resources) {
+        let mut owned = (*c).clone();
+        owned.correct_drift |= spec.correct_drift;
+        owned.keep_resources |= spec.keep_resources;
+        // The options are part of what the agent runs, so part of the hash.
+        owned.content_hash = crate::model::ContentHash::of(
+            format!(
+                "{}\ncorrect-drift={}\nkeep-resources={}",
+                c.content_hash, owned.correct_drift, owned.keep_resources
+            )
+            .as_bytes(),
+        );
+        Arc::new(owned)
+    } else {
+        c
+    }
+}
+
+/// Why `bundle` must wait on `cluster`: the first dependency not Ready there.
+fn waiting_for(st: &State, cluster: ClusterId, key: &EnvKey, bundle: &Bundle) -> Option<String> {
+    let desired = st.desired.get(&cluster);
+    for dep in &bundle.depends_on {
+        let label = dep
+            .name
+            .clone()
+            .unwrap_or_else(|| "bundles matching the selector".to_string());
+        // Candidates: every bundle this cluster gets (dependencies may live in another GitRepo).
+        let matches: Vec<&BundleId> = desired
+            .map(|d| {
+                d.iter()
+                    .filter(|(id, p)| {
+                        *id != &bundle.id
+                            && st
+                                .bundles
+                                .get(&(p.repo.clone(), p.env.clone()))
+                                .and_then(|m| m.get(*id))
+                                .is_some_and(|b| b.is_named_by(dep, &key.0))
+                    })
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if matches.is_empty() {
+            return Some(format!(
+                "waiting for dependency {label}, which is not deployed to this cluster"
+            ));
+        }
+        for id in matches {
+            let ready = desired
+                .and_then(|d| d.get(id))
+                .and_then(|p| p.sendable())
+                .is_some_and(|c| {
+                    st.status.get(&(cluster, id.clone())).is_some_and(|s| {
+                        s.state == DeploymentState::Ready && s.content_hash == c.content_hash
+                    })
+                });
+            if !ready {
+                return Some(format!("waiting for dependency {id} to be Ready"));
+            }
+        }
+    }
+    None
+}
+
+/// Set what `cluster` gets of bundle `id`, telling its stream when that changes.
+fn set_placed(
+    st: &mut State,
+    store: &Store,
+    cluster: ClusterId,
+    id: &BundleId,
+    placed: Option<Placed>,
+) -> Result<(), StoreError> {
+    let desired = st.desired.entry(cluster).or_default();
+    let before_sent = desired
+        .get(id)
+        .and_then(|p| p.sendable().map(|c| c.content_hash.clone()));
+    let after_sent = placed
+        .as_ref()
+        .and_then(|p| p.sendable().map(|c| c.content_hash.clone()));
+    let gone = placed.is_none();
+    match placed {
+        Some(p) => {
+            desired.insert(id.clone(), p);
+        }
+        None => {
+            desired.remove(id);
+        }
+    }
+    if gone && st.status.remove(&(cluster, id.clone())).is_some() {
+        store.delete_status(cluster, id)?;
+    }
+    if before_sent != after_sent
+        && let Some(entry) = st.clusters.get_mut(&cluster)
+    {
+        // A held deployment the agent never got needs no removal; one it had does.
+        if after_sent.is_some() || before_sent.is_some() || gone {
+            entry.pending.insert(id.clone());
+            entry.changed.notify_one();
+        }
+    }
+    Ok(())
+}
+
+/// Release the deployments of `cluster` whose dependencies have become Ready.
+fn release_waiting(st: &mut State, store: &Store, cluster: ClusterId) -> Result<(), StoreError> {
+    // Each pass may release a bundle that others wait on; dependency chains are short.
+    for _ in 0..8 {
+        let waiting: Vec<(BundleId, EnvKey)> = st
+            .desired
+            .get(&cluster)
+            .map(|d| {
+                d.iter()
+                    .filter(|(_, p)| p.held.is_some())
+                    .map(|(id, p)| (id.clone(), (p.repo.clone(), p.env.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut released = false;
+        for (id, key) in waiting {
+            let placed = place_bundle(st, cluster, &key, &id);
+            released |= placed.as_ref().is_some_and(|p| p.held.is_none());
+            set_placed(st, store, cluster, &id, placed)?;
+        }
+        if !released {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Recompute GitRepo `repo`'s bundles on `cluster`: its environment, membership and each
+/// bundle's variant.
+fn replace_repo_on(
+    st: &mut State,
+    store: &Store,
+    cluster: ClusterId,
+    repo: &str,
+) -> Result<(), StoreError> {
+    let Some(entry) = st.clusters.get(&cluster) else {
+        return Ok(());
+    };
+    let env = st.repos.get(repo).and_then(|spec| {
+        let groups = groups_of(st, &entry.cluster.labels);
+        let facts = ClusterFacts {
+            name: &entry.cluster.name,
+            labels: &entry.cluster.labels,
+            groups: &groups,
+        };
+        environment_of(spec, &facts)
+    });
+    for (key, members) in st.members.iter_mut() {
+        if key.0 == repo && Some(&key.1) != env.as_ref() {
+            members.remove(&cluster);
+        }
+    }
+    let key = env.map(|e| (repo.to_string(), e));
+    if let Some(key) = &key {
+        st.members.entry(key.clone()).or_default().insert(cluster);
+    }
+    let mut ids: BTreeSet<BundleId> = st
+        .desired
+        .get(&cluster)
+        .map(|d| {
+            d.iter()
+                .filter(|(_, p)| p.repo == repo)
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(key) = &key
+        && let Some(bundles) = st.bundles.get(key)
+    {
+        ids.extend(bundles.keys().cloned());
+    }
+    for id in ids {
+        let placed = key.as_ref().and_then(|k| place_bundle(st, cluster, k, &id));
+        // A cluster moving between environments keeps a bundle's deployment id: the agent
+        // updates it in place instead of pruning and re-creating it.
+        set_placed(st, store, cluster, &id, placed)?;
+    }
+    release_waiting(st, store, cluster)
+}
+
+/// Recompute everything `cluster` gets (its labels or groups changed).
+fn replace_cluster(st: &mut State, store: &Store, cluster: ClusterId) -> Result<(), StoreError> {
+    let repos: Vec<String> = st.repos.keys().cloned().collect();
+    for repo in repos {
+        replace_repo_on(st, store, cluster, &repo)?;
+    }
+    Ok(())
+}
+
+/// Re-target the clusters whose membership of a group changed from `old` to `new`.
+fn regroup(
+    st: &mut State,
+    store: &Store,
+    old: Option<&ClusterGroup>,
+    new: Option<&ClusterGroup>,
+) -> Result<(), StoreError> {
+    let affected: Vec<ClusterId> = st
+        .clusters
+        .iter()
+        .filter(|(_, e)| {
+            let labels = &e.cluster.labels;
+            old.is_some_and(|g| g.contains(labels)) != new.is_some_and(|g| g.contains(labels))
+                // A group's own labels changed: members matter to clusterGroupSelector.
+                || (old.map(|g| &g.labels) != new.map(|g| &g.labels)
+                    && (old.is_some_and(|g| g.contains(labels))
+                        || new.is_some_and(|g| g.contains(labels))))
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for id in affected {
+        replace_cluster(st, store, id)?;
+    }
+    Ok(())
 }
 
 fn desired_of(st: &State, cluster: ClusterId) -> Vec<(BundleId, Arc<BundleContent>)> {
     st.desired
         .get(&cluster)
-        .map(|d| d.iter().map(|(b, c)| (b.clone(), c.clone())).collect())
+        .map(|d| {
+            d.iter()
+                .filter_map(|(b, p)| p.sendable().map(|c| (b.clone(), c.clone())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn insert_cluster(st: &mut State, cluster: Cluster) {
-    let desired: BTreeMap<_, _> = st
-        .bundles
-        .values()
-        .filter(|b| targets(b, &cluster))
-        .filter_map(|b| b.content.clone().map(|c| (b.id.clone(), c)))
-        .collect();
-    st.names.insert(cluster.name.clone(), cluster.id);
-    st.desired.insert(cluster.id, desired);
+    let id = cluster.id;
+    st.names.insert(cluster.name.clone(), id);
+    st.desired.insert(id, BTreeMap::new());
     let changed = Arc::new(Notify::new());
     changed.notify_one();
     st.clusters.insert(
-        cluster.id,
+        id,
         ClusterEntry {
             cluster,
             presence: Presence::default(),
@@ -455,36 +1007,72 @@ fn insert_cluster(st: &mut State, cluster: Cluster) {
             session: None,
         },
     );
+    // Nothing is connected yet and nothing is written: placing cannot fail on the store
+    // except when deleting statuses, which a new cluster has none of... unless loaded.
+    let repos: Vec<String> = st.repos.keys().cloned().collect();
+    for repo in repos {
+        place_new(st, id, &repo);
+    }
 }
 
-/// Point every targeted cluster at `content` for bundle `id` (None: the bundle is gone).
-fn retarget(
-    st: &mut State,
-    store: &Store,
-    id: &BundleId,
-    content: Option<Arc<BundleContent>>,
-) -> Result<(), StoreError> {
-    let bundle = st.bundles.get(id).cloned();
-    for (cluster_id, entry) in &mut st.clusters {
-        let desired = st.desired.entry(*cluster_id).or_default();
-        let wanted = match (&bundle, &content) {
-            (Some(b), Some(c)) if targets(b, &entry.cluster) => Some(c.clone()),
-            _ => None,
-        };
-        let before = match &wanted {
-            Some(c) => desired.insert(id.clone(), c.clone()),
-            None => desired.remove(id),
-        };
-        if before.as_ref().map(|b| &b.content_hash) != wanted.as_ref().map(|c| &c.content_hash) {
-            if wanted.is_none() {
-                st.status.remove(&(*cluster_id, id.clone()));
-                store.delete_status(*cluster_id, id)?;
+/// Place a cluster that has no deployments yet (start-up or registration): no store access.
+fn place_new(st: &mut State, cluster: ClusterId, repo: &str) {
+    let Some(entry) = st.clusters.get(&cluster) else {
+        return;
+    };
+    let Some(spec) = st.repos.get(repo) else {
+        return;
+    };
+    let groups = groups_of(st, &entry.cluster.labels);
+    let facts = ClusterFacts {
+        name: &entry.cluster.name,
+        labels: &entry.cluster.labels,
+        groups: &groups,
+    };
+    let Some(env) = environment_of(spec, &facts) else {
+        return;
+    };
+    let key = (repo.to_string(), env);
+    st.members.entry(key.clone()).or_default().insert(cluster);
+    let ids: Vec<BundleId> = st
+        .bundles
+        .get(&key)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    // Two passes so that dependencies placed in the first count in the second.
+    for _ in 0..2 {
+        for id in &ids {
+            if let Some(mut placed) = place_bundle(st, cluster, &key, id) {
+                // At start-up a deployment whose agent reported on it was released before.
+                if placed.held.is_some() && st.status.contains_key(&(cluster, id.clone())) {
+                    placed.held = None;
+                }
+                st.desired
+                    .entry(cluster)
+                    .or_default()
+                    .insert(id.clone(), placed);
             }
-            entry.pending.insert(id.clone());
-            entry.changed.notify_one();
         }
     }
-    Ok(())
+}
+
+/// A bundle rebuilt with the same content keeps the revision it was first built at, so
+/// clusters are not told to redeploy what they already run.
+fn keep_revisions(prev: Option<&Bundle>, bundle: &mut Bundle) {
+    let Some(prev) = prev else { return };
+    let same = |a: &Option<Arc<BundleContent>>, b: &Option<Arc<BundleContent>>| {
+        a.as_ref().map(|c| &c.content_hash) == b.as_ref().map(|c| &c.content_hash)
+    };
+    if same(&prev.content, &bundle.content) {
+        bundle.content = prev.content.clone();
+    }
+    for c in &mut bundle.customizations {
+        if let Some(p) = prev.customizations.iter().find(|p| p.name == c.name)
+            && same(&p.content, &c.content)
+        {
+            c.content = p.content.clone();
+        }
+    }
 }
 
 fn same_report(a: &ReportedStatus, b: &ReportedStatus) -> bool {
@@ -498,29 +1086,55 @@ fn same_report(a: &ReportedStatus, b: &ReportedStatus) -> bool {
 fn view(
     entry: &ClusterEntry,
     bundle: &BundleId,
-    content: &BundleContent,
+    placed: &Placed,
     reported: Option<ReportedStatus>,
 ) -> DeploymentView {
-    let (state, message) = match &reported {
-        None => (
+    let desired_revision = placed
+        .content
+        .as_ref()
+        .map(|c| c.revision.clone())
+        .unwrap_or_default();
+    let (state, mut message) = match (&placed.content, &placed.held, &reported) {
+        (None, _, _) => (
+            DeploymentState::Pending,
+            "no revision of this bundle has been built yet".to_string(),
+        ),
+        (Some(_), Some(why), _) => (DeploymentState::Pending, why.clone()),
+        (Some(_), None, None) => (
             DeploymentState::Pending,
             "waiting for the agent to receive it".to_string(),
         ),
-        Some(r) if r.content_hash == content.content_hash => (r.state, r.message.clone()),
-        Some(r) => (
+        (Some(c), None, Some(r)) if r.content_hash == c.content_hash => {
+            (r.state, r.message.clone())
+        }
+        (Some(c), None, Some(r)) => (
             DeploymentState::OutOfSync,
             format!(
                 "the agent runs revision {}; revision {} is on its way",
                 short(&r.revision),
-                short(&content.revision)
+                short(&c.revision)
             ),
         ),
     };
+    // The newest commit could not be built for this cluster: it keeps running what it has
+    // (its state says how that is), and the message says why nothing newer arrives.
+    if let Some(error) = &placed.error {
+        let keeps = match &placed.content {
+            Some(c) => format!("; the cluster keeps revision {}", short(&c.revision)),
+            None => String::new(),
+        };
+        message = if message.is_empty() {
+            format!("cannot build the newest commit: {error}{keeps}")
+        } else {
+            format!("{message}; cannot build the newest commit: {error}{keeps}")
+        };
+    }
     DeploymentView {
         cluster: entry.cluster.id,
         cluster_name: entry.cluster.name.clone(),
         bundle: bundle.clone(),
-        desired_revision: content.revision.clone(),
+        environment: placed.env.clone(),
+        desired_revision,
         reported,
         state,
         message,

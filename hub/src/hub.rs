@@ -151,7 +151,7 @@ impl Hub {
             shutdown.clone(),
         ));
         for repo in self.store.repos()? {
-            sources.watch(repo);
+            sources.watch(repo)?;
         }
         let ctx = Arc::new(crate::grpc::Context {
             fleet: self.fleet.clone(),

@@ -13,6 +13,7 @@ mod http;
 pub(crate) mod hub;
 pub mod metrics;
 pub mod model;
+pub mod objects;
 pub mod pki;
 pub mod source;
 pub mod store;

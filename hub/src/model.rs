@@ -10,6 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::target::ClusterTarget;
+
 /// Identity of a registered cluster; also the URI SAN of its client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ClusterId(pub Uuid);
@@ -176,19 +178,77 @@ impl TokenRefusal {
 pub struct GitRepoSpec {
     pub name: String,
     pub url: String,
+    /// The branch to follow when the repository has no environments.
     pub branch: String,
+    /// A commit or tag to deploy instead of the branch head.
+    #[serde(default)]
+    pub revision: Option<String>,
     /// Bundle directories, relative to the repository root, without leading or trailing `/`.
-    /// Empty means the root is the one bundle.
+    /// Empty means the root.
     pub paths: Vec<String>,
     pub poll_interval_secs: u32,
+    /// Fetch only when a webhook or `repo sync` asks.
+    #[serde(default)]
+    pub disable_polling: bool,
+    /// The GitRepo's own labels (metadata.labels).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Which clusters get this repository's bundles. Empty: every cluster.
+    #[serde(default)]
+    pub targets: Vec<ClusterTarget>,
+    /// Branch per environment: each environment's clusters get the bundles of its branch.
+    /// Empty: one environment following `branch`.
+    #[serde(default)]
+    pub environments: Vec<Environment>,
+    #[serde(default)]
+    pub correct_drift: bool,
+    #[serde(default)]
+    pub keep_resources: bool,
+    /// Stop delivering new commits; clusters keep what they run.
+    #[serde(default)]
+    pub paused: bool,
+    /// Name of the credential the hub fetches with (`clientSecretName`).
+    #[serde(default)]
+    pub credentials: Option<String>,
+}
+
+/// One environment of a branch-per-environment GitRepo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub name: String,
+    pub branch: String,
+    /// The clusters of this environment. The first environment that matches a cluster wins.
+    pub target: ClusterTarget,
+}
+
+impl GitRepoSpec {
+    /// The environments to build: the configured ones, or one unnamed environment on `branch`.
+    pub fn effective_environments(&self) -> Vec<Environment> {
+        if self.environments.is_empty() {
+            vec![Environment {
+                name: String::new(),
+                branch: self.branch.clone(),
+                target: ClusterTarget::default(),
+            }]
+        } else {
+            self.environments.clone()
+        }
+    }
 }
 
 /// The outcome of the last fetch of a Git repository.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitRepoStatus {
+    /// The commit deployed (the first environment's, when there are several).
     pub commit: Option<String>,
     pub error: Option<String>,
     pub last_fetch: i64,
+    /// Environment name → commit deployed to it.
+    #[serde(default)]
+    pub environments: BTreeMap<String, String>,
+    /// Warnings from the last build (unknown fleet.yaml fields, ignored options).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A Git repository: its spec and what became of it.
@@ -262,18 +322,87 @@ pub struct BundleContent {
     pub correct_drift: bool,
 }
 
-/// A bundle at its current revision.
+/// A bundle at its current revision, in one environment of its GitRepo.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
     pub id: BundleId,
     pub repo: String,
+    /// The GitRepo environment this build is for ("" when the GitRepo has none).
+    #[serde(default)]
+    pub env: String,
     pub path: String,
-    /// Git tree id of the bundle directory: an unchanged tree needs no rebuild.
+    /// Fingerprint of every input the bundle's renders read: unchanged inputs need no rebuild.
     pub tree_id: String,
-    /// The last content built without error; deployed while `error` is set.
+    /// The commit the newest build looked at (the content may be older when it failed).
+    #[serde(default)]
+    pub commit: String,
+    /// The content for clusters no target customization matches: the last built without
+    /// error, deployed while `error` is set.
     pub content: Option<Arc<BundleContent>>,
-    /// Why the newest revision could not be built, naming the file and line.
+    /// Why the newest revision could not be built or rendered, naming the file and line.
     pub error: Option<String>,
+    /// fleet.yaml `targetCustomizations`, in order: the first that matches a cluster decides
+    /// what it gets.
+    #[serde(default)]
+    pub customizations: Vec<Customization>,
+    /// fleet.yaml `overrideTargets`: replaces the GitRepo's targets for this bundle.
+    #[serde(default)]
+    pub override_targets: Vec<ClusterTarget>,
+    /// fleet.yaml `dependsOn`: bundles that must be Ready on a cluster before this one is
+    /// deployed there.
+    #[serde(default)]
+    pub depends_on: Vec<Dependency>,
+    /// fleet.yaml `labels`, which `dependsOn` selectors match.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Warnings from reading the bundle (unknown fleet.yaml fields).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One fleet.yaml target customization and what it renders to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customization {
+    pub name: String,
+    pub target: ClusterTarget,
+    /// `doNotDeploy`: matching clusters do not get the bundle.
+    #[serde(default)]
+    pub do_not_deploy: bool,
+    pub content: Option<Arc<BundleContent>>,
+    pub error: Option<String>,
+}
+
+/// One fleet.yaml `dependsOn` entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// A bundle name: `<gitrepo>/<path>`, Fleet's `<gitrepo>-<path-with-dashes>`, or a path
+    /// in the same GitRepo.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Bundles whose fleet.yaml labels match.
+    #[serde(default)]
+    pub selector: Option<crate::target::LabelSelector>,
+}
+
+impl Bundle {
+    /// The name Fleet gives this bundle: `<gitrepo>-<path with dashes>`.
+    pub fn fleet_name(&self) -> String {
+        let mut name = self.repo.clone();
+        if !self.path.is_empty() {
+            name.push('-');
+            name.push_str(&self.path.replace(['/', '_', '.'], "-"));
+        }
+        name.to_ascii_lowercase()
+    }
+
+    /// Whether dependency `d` names this bundle (seen from a bundle of GitRepo `repo`).
+    pub fn is_named_by(&self, d: &Dependency, repo: &str) -> bool {
+        let by_name = d.name.as_deref().is_some_and(|n| {
+            n == self.id.0 || n == self.fleet_name() || (self.repo == repo && n == self.path)
+        });
+        let by_selector = d.selector.as_ref().is_some_and(|s| s.matches(&self.labels));
+        by_name || by_selector
+    }
 }
 
 /// Fleet's bundle deployment states, in the order of how bad they are (worst last).

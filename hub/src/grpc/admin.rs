@@ -87,7 +87,7 @@ impl api::admin_server::Admin for AdminService {
         let repo = GitRepo { spec, status };
         store.put_repo(&repo).map_err(internal)?;
         info!(admin = %admin, repo = %repo.spec.name, url = %crate::model::redact_url(&repo.spec.url), "gitrepo added");
-        self.0.sources.watch(repo.clone());
+        self.0.sources.watch(repo.clone()).map_err(internal)?;
         Ok(Response::new(convert::gitrepo(&repo)))
     }
 
@@ -330,62 +330,40 @@ fn validate_token_labels(
     Ok(labels.into_iter().collect())
 }
 
-/// Check a GitRepo request and fill defaults; errors name the field.
+/// Check a GitRepo request and fill defaults; errors name the field as `repo add` calls it.
 fn validate_repo(r: api::AddGitRepoRequest, default_poll: Duration) -> Result<GitRepoSpec, Status> {
-    let bad = |field: &str, why: String| Status::invalid_argument(format!("{field}: {why}"));
-    if !is_dns_label(&r.name) {
-        return Err(bad(
-            "name",
-            format!("{:?} must be a lower-case RFC 1123 label", r.name),
-        ));
-    }
-    let scheme_ok = ["file://", "git://", "http://", "https://"]
-        .iter()
-        .any(|s| r.url.starts_with(s));
-    if !scheme_ok {
-        return Err(bad(
-            "url",
-            format!(
-                "{:?} must start with file://, git://, http:// or https://",
-                r.url
-            ),
-        ));
-    }
-    let mut paths = Vec::new();
-    for p in r.paths {
-        let p = p.trim_matches('/').to_string();
-        if p.split('/').any(|seg| seg == ".." || seg == ".") {
-            return Err(bad(
-                "paths",
-                format!("{p:?} must not contain `.` or `..` segments"),
-            ));
-        }
-        if !paths.contains(&p) {
-            paths.push(p);
-        }
-    }
-    if paths.iter().any(String::is_empty) && paths.len() > 1 {
-        return Err(bad(
-            "paths",
-            "the repository root cannot be combined with other paths".into(),
-        ));
-    }
-    paths.retain(|p| !p.is_empty());
-    let branch = if r.branch.is_empty() {
-        "main".to_string()
-    } else {
-        r.branch
-    };
     let poll = if r.poll_interval_seconds == 0 {
         default_poll.as_secs() as u32
     } else {
         r.poll_interval_seconds
     };
-    Ok(GitRepoSpec {
+    let spec = GitRepoSpec {
         name: r.name,
         url: r.url,
-        branch,
-        paths,
-        poll_interval_secs: poll.max(1),
+        branch: if r.branch.is_empty() {
+            "main".to_string()
+        } else {
+            r.branch
+        },
+        revision: None,
+        paths: r.paths,
+        poll_interval_secs: poll,
+        disable_polling: false,
+        labels: Default::default(),
+        targets: Vec::new(),
+        environments: Vec::new(),
+        correct_drift: false,
+        keep_resources: false,
+        paused: false,
+        credentials: None,
+    };
+    crate::objects::validate_repo(spec).map_err(|e| {
+        let field = match e.path.as_str() {
+            "metadata.name" => "name".to_string(),
+            "spec.repo" => "url".to_string(),
+            p if p.starts_with("spec.paths") => "paths".to_string(),
+            p => p.trim_start_matches("spec.").to_string(),
+        };
+        Status::invalid_argument(format!("{field}: {}", e.message))
     })
 }

@@ -5,6 +5,7 @@
 //! Each GitRepo has its own bare repository under `<data-dir>/git/<name>.git`, so a fetch
 //! after the first only transfers new objects.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -31,6 +32,8 @@ pub enum GitError {
     NoBranch { url: String, branch: String },
     #[error("reading commit {commit} failed: {message}")]
     Read { commit: String, message: String },
+    #[error("revision `{revision}` cannot be found: {message}; check the GitRepo's revision")]
+    NoRevision { revision: String, message: String },
     #[error("path `{path}` does not exist at commit {commit}; check the GitRepo's paths")]
     NoPath { path: String, commit: String },
 }
@@ -45,14 +48,16 @@ pub struct BundleTree {
     pub files: Vec<BundleFile>,
 }
 
-/// Fetch `branch` from `url` into the bare mirror at `mirror` and return its head commit.
-/// Setting `interrupt` makes a transfer in progress give up.
+/// Fetch `branches` (and every tag, when `tags`) from `url` into the bare mirror at
+/// `mirror`; returns each branch's head commit. Setting `interrupt` makes a transfer in
+/// progress give up.
 pub fn fetch(
     mirror: &Path,
     url: &str,
-    branch: &str,
+    branches: &[String],
+    tags: bool,
     interrupt: &AtomicBool,
-) -> Result<String, GitError> {
+) -> Result<BTreeMap<String, String>, GitError> {
     let mirror_err = |e: &dyn std::fmt::Display| GitError::Mirror {
         path: mirror.display().to_string(),
         message: e.to_string(),
@@ -63,8 +68,13 @@ pub fn fetch(
         std::fs::create_dir_all(mirror).map_err(|e| mirror_err(&e))?;
         gix::init_bare(mirror).map_err(|e| mirror_err(&e))?
     };
-    let tracking = format!("refs/remotes/origin/{branch}");
-    let refspec = format!("+refs/heads/{branch}:{tracking}");
+    let mut refspecs: Vec<String> = branches
+        .iter()
+        .map(|b| format!("+refs/heads/{b}:refs/remotes/origin/{b}"))
+        .collect();
+    if tags {
+        refspecs.push("+refs/tags/*:refs/tags/*".to_string());
+    }
     let fetch_err = |e: &dyn std::fmt::Display| GitError::Fetch {
         url: redact_url(url),
         message: e.to_string(),
@@ -72,7 +82,7 @@ pub fn fetch(
     let remote = repo
         .remote_at(url)
         .map_err(|e| fetch_err(&e))?
-        .with_refspecs([refspec.as_str()], Direction::Fetch)
+        .with_refspecs(refspecs.iter().map(String::as_str), Direction::Fetch)
         .map_err(|e| fetch_err(&e))?;
     remote
         .connect(Direction::Fetch)
@@ -81,18 +91,98 @@ pub fn fetch(
         .map_err(|e| fetch_err(&e))?
         .receive(gix::progress::Discard, interrupt)
         .map_err(|e| fetch_err(&e))?;
-    let mut reference = match repo.try_find_reference(tracking.as_str()) {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return Err(GitError::NoBranch {
-                url: redact_url(url),
-                branch: branch.to_string(),
-            });
-        }
-        Err(e) => return Err(mirror_err(&e)),
+    let mut heads = BTreeMap::new();
+    for branch in branches {
+        let tracking = format!("refs/remotes/origin/{branch}");
+        let mut reference = match repo.try_find_reference(tracking.as_str()) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(GitError::NoBranch {
+                    url: redact_url(url),
+                    branch: branch.to_string(),
+                });
+            }
+            Err(e) => return Err(mirror_err(&e)),
+        };
+        let id = reference.peel_to_id().map_err(|e| mirror_err(&e))?;
+        heads.insert(branch.clone(), id.to_string());
+    }
+    Ok(heads)
+}
+
+/// The commit `revision` (a commit id, possibly abbreviated, or a tag) names in the mirror.
+pub fn resolve(mirror: &Path, revision: &str) -> Result<String, GitError> {
+    let err = |message: String| GitError::NoRevision {
+        revision: revision.to_string(),
+        message,
     };
-    let id = reference.peel_to_id().map_err(|e| mirror_err(&e))?;
-    Ok(id.to_string())
+    let repo = gix::open(mirror).map_err(|e| err(e.to_string()))?;
+    for candidate in [format!("refs/tags/{revision}"), revision.to_string()] {
+        if let Ok(id) = repo.rev_parse_single(candidate.as_str())
+            && let Ok(object) = id.object()
+            && let Ok(commit) = object.peel_to_commit()
+        {
+            return Ok(commit.id.to_string());
+        }
+    }
+    Err(err("no such commit or tag".to_string()))
+}
+
+/// Every regular file of the repository at `commit` (symlinks and submodules are left out:
+/// renderers never see a path that leads outside the checkout), and the root tree id.
+pub fn read_all(mirror: &Path, commit: &str) -> Result<(String, Vec<BundleFile>), GitError> {
+    let read_err = |e: &dyn std::fmt::Display| GitError::Read {
+        commit: commit.to_string(),
+        message: e.to_string(),
+    };
+    let repo = gix::open(mirror).map_err(|e| read_err(&e))?;
+    let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| read_err(&e))?;
+    let root = repo
+        .find_commit(id)
+        .map_err(|e| read_err(&e))?
+        .tree()
+        .map_err(|e| read_err(&e))?;
+    let mut files = Vec::new();
+    let mut total = 0usize;
+    collect_all(&root, "", &mut files, &mut total).map_err(|e| read_err(&e))?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((root.id.to_string(), files))
+}
+
+/// Largest repository content the hub reads at one commit.
+const MAX_REPO_BYTES: usize = 512 << 20;
+
+fn collect_all(
+    tree: &gix::Tree<'_>,
+    prefix: &str,
+    out: &mut Vec<BundleFile>,
+    total: &mut usize,
+) -> Result<(), String> {
+    for entry in tree.iter() {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.filename().to_string();
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let mode = entry.mode();
+        if mode.is_tree() {
+            let sub = entry.object().map_err(|e| e.to_string())?.into_tree();
+            collect_all(&sub, &path, out, total)?;
+        } else if mode.is_blob() {
+            let data = entry.object().map_err(|e| e.to_string())?.detach().data;
+            *total += data.len();
+            if *total > MAX_REPO_BYTES {
+                return Err(format!(
+                    "the repository holds more than {} MiB of files at this commit; narrow the GitRepo's paths",
+                    MAX_REPO_BYTES >> 20
+                ));
+            }
+            out.push(BundleFile { path, data });
+        }
+    }
+    Ok(())
 }
 
 /// Read the files under each of `paths` at `commit` (recursively, in path order).

@@ -8,7 +8,7 @@
 
 pub mod git;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,8 +66,10 @@ impl Sources {
         }
     }
 
-    /// Start polling `repo`, replacing a poller of the same name.
-    pub fn watch(&self, repo: GitRepo) {
+    /// Start polling `repo`, replacing a poller of the same name, and (re)target its
+    /// bundles by its spec.
+    pub fn watch(&self, repo: GitRepo) -> Result<(), StoreError> {
+        self.fleet.set_repo(repo.spec.clone())?;
         let (tx, rx) = mpsc::channel(16);
         let cancel = self.shutdown.child_token();
         let name = repo.spec.name.clone();
@@ -95,6 +97,16 @@ impl Sources {
         };
         self.tasks
             .spawn(task.run(rx).instrument(info_span!("gitrepo", repo = %name)));
+        Ok(())
+    }
+
+    /// Stop polling `name` and take its bundles off every cluster.
+    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        if let Some(old) = self.pollers.lock().expect("pollers lock").remove(name) {
+            old.cancel.cancel();
+        }
+        self.fleet.store().delete_repo(name)?;
+        self.fleet.remove_repo(name)
     }
 
     /// Every watched repository as its poller last saw it, by name.
@@ -150,7 +162,10 @@ impl PollTask {
                 let _ = reply.send(self.repo.clone());
             }
             let interval = Duration::from_secs(u64::from(self.repo.spec.poll_interval_secs.max(1)));
-            let wait = if failures == 0 {
+            let wait = if self.repo.spec.disable_polling && failures == 0 {
+                // Webhooks and `repo sync` only; a failing fetch is still retried.
+                Duration::from_secs(365 * 24 * 3600)
+            } else if failures == 0 {
                 interval
             } else {
                 (interval * 2u32.saturating_pow(failures.min(8))).min(MAX_BACKOFF)
@@ -166,14 +181,26 @@ impl PollTask {
         }
     }
 
-    /// One fetch-and-build pass. Errors are also recorded on the GitRepo.
+    /// One fetch-and-build pass over every environment. Errors are also recorded on the
+    /// GitRepo.
     async fn sync(&mut self) -> Result<(), SyncError> {
         let spec = self.repo.spec.clone();
+        let envs = spec.effective_environments();
+        let mut branches: Vec<String> = envs.iter().map(|e| e.branch.clone()).collect();
+        branches.sort();
+        branches.dedup();
         let mirror = self.mirror.clone();
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();
+        let tags = spec.revision.is_some();
+        let url = spec.url.clone();
         let fetch = tokio::task::spawn_blocking(move || {
-            git::fetch(&mirror, &spec.url, &spec.branch, &flag)
+            let heads = git::fetch(&mirror, &url, &branches, tags, &flag)?;
+            let pinned = match &spec.revision {
+                Some(rev) => Some(git::resolve(&mirror, rev)?),
+                None => None,
+            };
+            Ok::<_, git::GitError>((heads, pinned))
         });
         let fetched = match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
             Ok(joined) => joined.map_err(|e| SyncError::Task(e.to_string()))?,
@@ -186,36 +213,62 @@ impl PollTask {
                 })
             }
         };
-        let commit = match fetched {
+        let (heads, pinned) = match fetched {
             Ok(c) => c,
             Err(e) => {
-                self.record(None, Some(e.to_string()))?;
+                self.record(None, Some(e.to_string()), None)?;
                 return Err(e.into());
             }
         };
-        if self.repo.status.commit.as_deref() == Some(commit.as_str())
-            && self.repo.status.error.is_none()
-        {
-            self.record(Some(commit), None)?;
+        let commits: BTreeMap<String, String> = envs
+            .iter()
+            .map(|e| {
+                let c = pinned.clone().unwrap_or_else(|| heads[&e.branch].clone());
+                (e.name.clone(), c)
+            })
+            .collect();
+        let first = commits.values().next().cloned();
+        if self.repo.status.environments == commits && self.repo.status.error.is_none() {
+            self.record(first, None, Some(commits))?;
             return Ok(());
         }
-        match self.build(&commit).await {
-            Ok(_) if self.cancel.is_cancelled() => Ok(()),
-            Ok(bundles) => {
-                self.fleet.set_repo_bundles(&self.repo.spec.name, bundles)?;
-                info!(commit = %commit, "gitrepo synced");
-                self.record(Some(commit), None)?;
-                Ok(())
-            }
-            Err(e) => {
-                self.record(Some(commit), Some(e.to_string()))?;
-                Err(e)
+        if self.repo.spec.paused {
+            // Fetched, not delivered: clusters keep what they run until the GitRepo resumes.
+            let message = format!(
+                "paused: newest commit {} is not deployed; set `paused: false` to deliver it",
+                first.as_deref().map(short).unwrap_or("?")
+            );
+            self.record(None, Some(message), None)?;
+            return Ok(());
+        }
+        let mut warnings = Vec::new();
+        for (env, commit) in &commits {
+            match self.build(env, commit).await {
+                Ok(_) if self.cancel.is_cancelled() => return Ok(()),
+                Ok((bundles, w)) => {
+                    warnings.extend(w);
+                    self.fleet
+                        .set_repo_bundles(&self.repo.spec.name, env, bundles)?;
+                    info!(env = %env, commit = %commit, "gitrepo synced");
+                }
+                Err(e) => {
+                    self.record(first, Some(e.to_string()), None)?;
+                    return Err(e);
+                }
             }
         }
+        self.repo.status.warnings = warnings;
+        self.record(first, None, Some(commits))?;
+        Ok(())
     }
 
-    /// Read the bundle directories at `commit` and build the ones whose tree changed.
-    async fn build(&self, commit: &str) -> Result<Vec<Bundle>, SyncError> {
+    /// Read the bundles of environment `env` at `commit` and build the ones whose inputs
+    /// changed. Returns them with the warnings met on the way.
+    async fn build(
+        &self,
+        env: &str,
+        commit: &str,
+    ) -> Result<(Vec<Bundle>, Vec<String>), SyncError> {
         let (mirror, c, paths) = (
             self.mirror.clone(),
             commit.to_string(),
@@ -225,9 +278,10 @@ impl PollTask {
             .await
             .map_err(|e| SyncError::Task(e.to_string()))??;
         let mut out = Vec::new();
+        let repo = &self.repo.spec.name;
         for tree in trees {
-            let id = BundleId::new(&self.repo.spec.name, &tree.path);
-            let previous = self.fleet.bundle(&id);
+            let id = BundleId::new(repo, &tree.path);
+            let previous = self.fleet.bundle(repo, env, &id);
             let prev = previous.as_ref();
             if let Some(p) = prev.filter(|p| p.tree_id == tree.tree_id) {
                 out.push(p.clone());
@@ -235,11 +289,18 @@ impl PollTask {
             }
             let mut bundle = Bundle {
                 id: id.clone(),
-                repo: self.repo.spec.name.clone(),
+                repo: repo.clone(),
+                env: env.to_string(),
                 path: tree.path.clone(),
                 tree_id: tree.tree_id.clone(),
+                commit: commit.to_string(),
                 content: prev.and_then(|p| p.content.clone()),
                 error: None,
+                customizations: Vec::new(),
+                override_targets: Vec::new(),
+                depends_on: Vec::new(),
+                labels: Default::default(),
+                warnings: Vec::new(),
             };
             match bundle::build(commit, "default", &tree.files) {
                 Ok(built) => {
@@ -255,19 +316,29 @@ impl PollTask {
             }
             out.push(bundle);
         }
-        Ok(out)
+        Ok((out, Vec::new()))
     }
 
-    fn record(&mut self, commit: Option<String>, error: Option<String>) -> Result<(), StoreError> {
+    fn record(
+        &mut self,
+        commit: Option<String>,
+        error: Option<String>,
+        environments: Option<BTreeMap<String, String>>,
+    ) -> Result<(), StoreError> {
         if self.cancel.is_cancelled() {
             return Ok(());
         }
         let commit = commit.or_else(|| self.repo.status.commit.clone());
-        let changed = commit != self.repo.status.commit || error != self.repo.status.error;
+        let environments = environments.unwrap_or_else(|| self.repo.status.environments.clone());
+        let changed = commit != self.repo.status.commit
+            || error != self.repo.status.error
+            || environments != self.repo.status.environments;
         self.repo.status = GitRepoStatus {
             commit,
             error,
             last_fetch: unix_now(),
+            environments,
+            warnings: std::mem::take(&mut self.repo.status.warnings),
         };
         *self.current.lock().expect("repo lock") = self.repo.clone();
         if changed {
@@ -275,6 +346,10 @@ impl PollTask {
         }
         Ok(())
     }
+}
+
+fn short(rev: &str) -> &str {
+    &rev[..rev.len().min(12)]
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::model::{
     Bundle, BundleId, Cluster, ClusterId, ContentHash, GitRepo, RegistrationToken, ReportedStatus,
 };
+use crate::target::ClusterGroup;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,7 @@ const REPOS: &str = "gitrepos";
 const BUNDLES: &str = "bundles";
 const MANIFESTS: &str = "manifests";
 const STATUS: &str = "status";
+const GROUPS: &str = "clustergroups";
 
 /// The hub's database handle. Cheap to clone.
 #[derive(Clone)]
@@ -52,6 +54,7 @@ pub struct Store {
     bundles: sled::Tree,
     manifests: sled::Tree,
     status: sled::Tree,
+    groups: sled::Tree,
 }
 
 impl Store {
@@ -86,6 +89,7 @@ impl Store {
             bundles: db.open_tree(BUNDLES)?,
             manifests: db.open_tree(MANIFESTS)?,
             status: db.open_tree(STATUS)?,
+            groups: db.open_tree(GROUPS)?,
             db,
         })
     }
@@ -169,10 +173,26 @@ impl Store {
     }
 
     pub fn put_bundle(&self, b: &Bundle) -> Result<()> {
-        put(&self.bundles, b.id.0.as_bytes(), b)
+        put(&self.bundles, &bundle_key(b), b)
     }
-    pub fn delete_bundle(&self, id: &BundleId) -> Result<()> {
-        self.bundles.remove(id.0.as_bytes())?;
+    pub fn delete_bundle(&self, b: &Bundle) -> Result<()> {
+        self.bundles.remove(bundle_key(b))?;
+        Ok(())
+    }
+
+    pub fn put_group(&self, g: &ClusterGroup) -> Result<()> {
+        put(&self.groups, g.name.as_bytes(), g)
+    }
+    pub fn delete_group(&self, name: &str) -> Result<()> {
+        self.groups.remove(name.as_bytes())?;
+        Ok(())
+    }
+    pub fn groups(&self) -> Result<Vec<ClusterGroup>> {
+        all(&self.groups, GROUPS)
+    }
+
+    pub fn delete_repo(&self, name: &str) -> Result<()> {
+        self.repos.remove(name.as_bytes())?;
         Ok(())
     }
     pub fn bundles(&self) -> Result<Vec<Bundle>> {
@@ -219,6 +239,15 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+}
+
+/// Bundles of a GitRepo without environments keep the key they always had.
+fn bundle_key(b: &Bundle) -> Vec<u8> {
+    if b.env.is_empty() {
+        b.id.0.clone().into_bytes()
+    } else {
+        format!("{}\0{}", b.id, b.env).into_bytes()
     }
 }
 
