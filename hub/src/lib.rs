@@ -17,6 +17,7 @@ pub mod pki;
 pub mod source;
 pub mod store;
 pub mod target;
+pub mod webhook;
 
 pub use config::HubConfig;
 pub use hub::{AdminCredential, Hub, HubError};
