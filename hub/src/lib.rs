@@ -18,6 +18,7 @@ pub mod pki;
 pub mod source;
 pub mod store;
 pub mod target;
+pub mod webhook;
 
 pub use config::HubConfig;
 pub use hub::{AdminCredential, Hub, HubError};

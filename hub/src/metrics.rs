@@ -72,6 +72,8 @@ pub struct Metrics {
     certificates: Family<Labels, Counter>,
     /// Clusters registered on the hub.
     pub clusters: Gauge,
+    /// Push webhooks received, by provider and outcome.
+    webhooks: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,7 @@ impl Default for Metrics {
         let refusals = Family::default();
         let certificates = Family::default();
         let clusters = Gauge::default();
+        let webhooks = Family::default();
         registry.register("agent_streams", "Agent streams open now", streams.clone());
         registry.register(
             "agent_streams_opened",
@@ -105,6 +108,11 @@ impl Default for Metrics {
             certificates.clone(),
         );
         registry.register("clusters", "Clusters registered", clusters.clone());
+        registry.register(
+            "webhooks",
+            "Push webhooks received, by provider and outcome (refused ones are also audit log lines)",
+            webhooks.clone(),
+        );
         Self {
             registry,
             streams,
@@ -113,6 +121,7 @@ impl Default for Metrics {
             refusals,
             certificates,
             clusters,
+            webhooks,
         }
     }
 }
@@ -127,6 +136,14 @@ impl Metrics {
     pub fn stream_closed(&self, reason: &'static str) {
         self.streams_closed
             .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// A webhook delivery, by `provider` (github, gitlab, unknown) and `outcome` (triggered,
+    /// ignored, unauthorized, malformed, disabled): the words `webhook::Outcome` uses.
+    pub fn webhook(&self, provider: &'static str, outcome: &'static str) {
+        self.webhooks
+            .get_or_create(&vec![("provider", provider), ("outcome", outcome)])
             .inc();
     }
 
