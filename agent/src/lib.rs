@@ -36,7 +36,8 @@
 //!   `Connect` stream, manifest fetching and caching, status batching, reconnects; the
 //!   current identity, its renewal over the stream, trust updates, and registering again
 //!   with the stored key after an expiry.
-//! - `reconcile`: one worker per deployment id; an apply run and prune.
+//! - `reconcile`: one worker per deployment id; an apply run and prune; on removal, prune or
+//!   (fleet.yaml `keepResources`) release: objects left on the cluster without ownership marks.
 //! - `plan`, `status`, `model`: pure decisions and domain types, tested without a cluster.
 //! - `cluster`: *Boundary:* the only kube-rs user. API calls with retries, discovery,
 //!   apply/delete, inventory ConfigMaps, the identity Secret.

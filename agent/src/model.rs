@@ -10,7 +10,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// One bundle as this cluster must run it: the desired state of one deployment id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Persisted as the inventory's `spec` (JSON, camelCase). Fields added later carry
+/// `#[serde(default)]`, so that inventories written by an older agent still read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Deployment {
     pub deployment_id: String,
@@ -24,6 +27,24 @@ pub(crate) struct Deployment {
     pub default_namespace: String,
     /// The objects, by content hash, in bundle order.
     pub manifests: Vec<ManifestRef>,
+    /// fleet.yaml `keepResources`: when the deployment is removed, its objects are released
+    /// (left on the cluster without ownership marks) instead of pruned. It does not stop the
+    /// prune of an object that a new content of the same deployment no longer lists.
+    #[serde(default)]
+    pub keep_resources: bool,
+    /// `correctDrift.enabled`: revert changes made by hand to owned objects. Carried and
+    /// recorded only; drift correction itself comes later.
+    #[serde(default)]
+    pub correct_drift: bool,
+}
+
+/// The hub no longer wants a deployment on this cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Removal {
+    pub deployment_id: String,
+    /// The hub's view of the removed deployment's `keep_resources`. The agent keeps the
+    /// objects when this or the recorded content's flag ([`Inventory::keeps_resources`]) says so.
+    pub keep_resources: bool,
 }
 
 /// A reference to one manifest (one Kubernetes object) by content hash.
@@ -93,10 +114,20 @@ pub(crate) struct Inventory {
     pub content_hash: String,
     /// The revision of `spec`.
     pub revision: String,
-    /// The deployment last applied (possibly not completely), when there was one.
+    /// The content last applied, possibly not completely: recorded before the first of its
+    /// objects is applied, so its options (`keep_resources`) govern every object it touched.
     pub spec: Option<Deployment>,
     /// Everything the agent may own for this deployment, in apply order.
     pub objects: Vec<ObjectRef>,
+}
+
+impl Inventory {
+    /// Whether the recorded content asks for its objects to stay when the deployment is
+    /// removed. Survives restarts, so a removal honours the content last applied even when
+    /// the hub's `Removal` does not carry the flag.
+    pub fn keeps_resources(&self) -> bool {
+        self.spec.as_ref().is_some_and(|s| s.keep_resources)
+    }
 }
 
 /// A deployment the agent holds, as announced in `Hello`.

@@ -1,10 +1,11 @@
-//! Pure decisions about applying a deployment: apply order, ownership marks, namespace
-//! defaulting, names derived from the deployment id, and what to prune.
+//! Pure decisions about applying a deployment: apply order, ownership marks (and the patch
+//! that takes them off again), namespace defaulting, names derived from the deployment id, and
+//! what to prune.
 //!
 //! *Invariant:* nothing here does I/O; the reconciler feeds in facts it learned from the API
 //! server (scope from discovery, the previous inventory) and gets decisions back.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::model::ObjectRef;
@@ -173,6 +174,41 @@ pub(crate) fn is_owned_by(live: &Value, deployment_id: &str) -> bool {
         .and_then(|a| a.get(DEPLOYMENT_ID_ANNOTATION))
         .and_then(Value::as_str)
         == Some(deployment_id)
+}
+
+/// The JSON merge patch (RFC 7386) that releases `live`: it takes off the ownership marks
+/// [`mark_owned`] put on (the managed-by label only while it still says `flotilla`) and
+/// carries the `resourceVersion` it was read at, so the server refuses it with 409 Conflict
+/// if the object changed since (read it again and decide again). Without the deployment-id
+/// annotation no prune will ever delete the object again.
+///
+/// A merge patch, not a server-side apply: an apply by our field manager that leaves the
+/// marks out would also drop every other field only we own (the whole spec), which is the
+/// opposite of keeping the object. Fields the patch removes leave every manager's
+/// `managedFields` entry; the rest of our entry stays, as with any object left behind.
+pub(crate) fn release_patch(live: &Value) -> Value {
+    let label = |key: &str| {
+        live.pointer("/metadata/labels")
+            .and_then(|l| l.get(key))
+            .and_then(Value::as_str)
+    };
+    let mut patch = json!({"metadata": {"annotations": {DEPLOYMENT_ID_ANNOTATION: null}}});
+    let meta = &mut patch["metadata"];
+    if let Some(rv) = live
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|rv| !rv.is_empty())
+    {
+        meta["resourceVersion"] = rv.into();
+    }
+    // Indexing a missing key of an object inserts it: `labels` appears only when needed.
+    if label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE) {
+        meta["labels"][MANAGED_BY_LABEL] = Value::Null;
+    }
+    if label(DEPLOYMENT_LABEL).is_some() {
+        meta["labels"][DEPLOYMENT_LABEL] = Value::Null;
+    }
+    patch
 }
 
 /// Settles `metadata.namespace` from the scope discovery reported: a namespaced object without

@@ -136,8 +136,7 @@ mod tests {
             bundle: "repo/app".into(),
             revision: "abc".into(),
             content_hash: hash.into(),
-            default_namespace: String::new(),
-            manifests: Vec::new(),
+            ..Deployment::default()
         }
     }
 

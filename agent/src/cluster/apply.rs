@@ -1,5 +1,5 @@
-//! Writing objects: server-side apply, the deletes of prune, namespaces, and waiting until a
-//! CustomResourceDefinition is established.
+//! Writing objects: server-side apply, the deletes of prune, the merge patches that release
+//! objects, namespaces, and waiting until a CustomResourceDefinition is established.
 //!
 //! Apply is a `PATCH` with `application/apply-patch+yaml`, field manager `flotilla` and
 //! `force=true`: it creates what is missing, takes over fields other managers hold, and lets
@@ -91,6 +91,26 @@ impl Cluster {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sends a JSON merge patch (`application/merge-patch+json`) to one object. A patch that
+    /// carries `metadata.resourceVersion` is refused with 409 Conflict
+    /// ([`ApiError::is_conflict`]) if the object changed since it was read; a missing object
+    /// is 404 ([`ApiError::is_not_found`]). Both are the caller's to decide on.
+    pub async fn merge_patch_object(
+        &self,
+        r: &Resolved,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(), ApiError> {
+        let request = Request::new(collection(r, namespace));
+        let params = PatchParams::default();
+        self.call(Retry::Transient, || {
+            request.patch(name, &params, &Patch::Merge(patch))
+        })
+        .await
+        .map(drop)
     }
 
     /// Makes sure a namespace exists, creating it by server-side apply without ownership marks:

@@ -126,7 +126,9 @@ impl FakeApi {
     /// A fake that stores what is applied and serves discovery for core/v1 (namespaces,
     /// configmaps), apps/v1 (deployments), CRDs, and `example.com/v1` (widgets) once the CRD
     /// `widgets.example.com` exists (after `lag` more 404s). Names with capitals or `_` are
-    /// refused with 422 as a real server does.
+    /// refused with 422 as a real server does. Like a real server, every write moves the
+    /// object to a new `resourceVersion` (unique across the store), an object gets a `uid`
+    /// when created, and merge patches and deletes honour their preconditions (409).
     pub async fn stateful(lag: usize) -> (Self, Store) {
         let store: Store = Arc::default();
         let s = store.clone();
@@ -216,10 +218,61 @@ fn merge_patch(objects: &mut BTreeMap<String, Value>, path: &str, patch: &Value)
             "message": "the object has been modified; please apply your changes to the latest version and try again"}),
         );
     }
-    let next = current.parse::<u64>().unwrap_or(0) + 1;
     merge(live, patch);
-    live["metadata"]["resourceVersion"] = json!(next.to_string());
+    let next = next_resource_version(objects);
+    let live = objects.get_mut(path).expect("patched above");
+    live["metadata"]["resourceVersion"] = json!(next);
     Reply::json(200, live.clone())
+}
+
+/// A resourceVersion newer than every stored one, as a real server's would be.
+fn next_resource_version(objects: &BTreeMap<String, Value>) -> String {
+    let newest = objects
+        .values()
+        .filter_map(|o| {
+            o.pointer("/metadata/resourceVersion")?
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0u64);
+    (newest + 1).to_string()
+}
+
+/// A server-side apply, simplified: the body replaces the object; the `uid` stays (or is
+/// made up on create) and the `resourceVersion` moves on.
+fn apply(objects: &mut BTreeMap<String, Value>, path: String, mut body: Value) -> Value {
+    let uid = objects
+        .get(&path)
+        .and_then(|live| live.pointer("/metadata/uid").cloned());
+    let next = next_resource_version(objects);
+    let meta = &mut body["metadata"];
+    meta["uid"] = uid.unwrap_or_else(|| json!(format!("uid-{next}")));
+    meta["resourceVersion"] = json!(next);
+    objects.insert(path, body.clone());
+    body
+}
+
+/// A delete honouring `preconditions` (`uid`, `resourceVersion`) as a real server does.
+fn delete(objects: &mut BTreeMap<String, Value>, path: &str, options: &Value) -> Reply {
+    let Some(live) = objects.get(path) else {
+        return not_found(path);
+    };
+    let holds = |field: &str| {
+        options
+            .pointer(&format!("/preconditions/{field}"))
+            .is_none_or(|want| want.is_null() || *want == live["metadata"][field])
+    };
+    if !(holds("uid") && holds("resourceVersion")) {
+        return Reply::json(
+            409,
+            json!({"kind": "Status", "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "Precondition failed: the object changed since it was read"}),
+        );
+    }
+    objects.remove(path);
+    Reply::json(200, json!({"kind": "Status", "status": "Success"}))
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -326,13 +379,9 @@ fn handle(store: &Store, lag: &Lag, r: &Recorded) -> Reply {
             if body["kind"] == "CustomResourceDefinition" {
                 body["status"] = json!({"conditions": [{"type": "Established", "status": "True"}]});
             }
-            objects.insert(path, body.clone());
-            Reply::json(200, body)
+            Reply::json(200, apply(&mut objects, path, body))
         }
-        "DELETE" => match objects.remove(&path) {
-            Some(_) => Reply::json(200, json!({"kind": "Status", "status": "Success"})),
-            None => not_found(&path),
-        },
+        "DELETE" => delete(&mut objects, &path, &r.json()),
         _ if objects.contains_key(&path) => Reply::json(200, objects[&path].clone()),
         _ if path.ends_with("/configmaps") => {
             let prefix = format!("{path}/");

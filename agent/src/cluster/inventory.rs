@@ -3,9 +3,11 @@
 //!
 //! One ConfigMap per deployment in the agent's namespace, named `flotilla-inv-<16 hex of
 //! sha256(deployment id)>`, labelled `flotilla.dev/inventory: "true"`. Its data keys are
-//! `deploymentId`, `contentHash`, `revision`, `spec` (the deployment as JSON) and `objects`
-//! (a JSON list of `{apiVersion, kind, namespace, name}`). This is the only code that knows
-//! that layout.
+//! `deploymentId`, `contentHash`, `revision`, `spec` (the deployment as JSON, with its options
+//! `keepResources` and `correctDrift`) and `objects` (a JSON list of `{apiVersion, kind,
+//! namespace, name}`). This is the only code that knows that layout. A removal reads
+//! `spec.keepResources` back, so after a restart it still keeps what the last content said to
+//! keep; a `spec` written before those options existed reads them as `false`.
 
 use kube::api::{DeleteParams, GetParams, ListParams, Patch, PatchParams};
 use kube::core::Request;
@@ -188,6 +190,8 @@ mod tests {
                     hash: "h1".into(),
                     source: "app/cm.yaml#0".into(),
                 }],
+                keep_resources: true,
+                correct_drift: true,
             }),
             objects: vec![ObjectRef {
                 api_version: "v1".into(),
@@ -215,6 +219,22 @@ mod tests {
         let spec: Value = serde_json::from_str(data["spec"].as_str().unwrap()).unwrap();
         assert_eq!(spec["defaultNamespace"], "apps");
         assert_eq!(spec["manifests"][0]["source"], "app/cm.yaml#0");
+        assert_eq!(spec["keepResources"], true);
+        assert_eq!(spec["correctDrift"], true);
+    }
+
+    #[test]
+    fn a_spec_from_before_the_options_reads_them_as_false() {
+        let spec = r#"{"deploymentId":"d","bundle":"b","revision":"r","contentHash":"h","defaultNamespace":"","manifests":[]}"#;
+        let cm = json!({"data": {"deploymentId": "d", "objects": "[]", "spec": spec}});
+        let inventory = from_configmap(&cm).unwrap();
+        let read = inventory.spec.as_ref().expect("an older spec still reads");
+        assert!(!read.keep_resources && !read.correct_drift);
+        assert!(!inventory.keeps_resources());
+        let mut kept = inventory.clone();
+        kept.spec.as_mut().unwrap().keep_resources = true;
+        let back = from_configmap(&to_configmap("ns", &kept)).unwrap();
+        assert!(back.keeps_resources(), "the flag survives a round trip");
     }
 
     #[test]

@@ -163,6 +163,37 @@ async fn deletes_propagate_in_the_background_and_only_hit_the_object_as_read() {
 }
 
 #[tokio::test]
+async fn merge_patches_are_sent_as_given_and_a_conflict_is_reported() {
+    let api = FakeApi::start(|r| match r.path() {
+        "/api/v1" => Reply::json(200, core_v1()),
+        _ => Reply::json(
+            409,
+            json!({"kind": "Status", "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "the object has been modified"}),
+        ),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = api.cluster(dir.path()).await;
+    let r = cluster.resolve("v1", "ConfigMap").await.unwrap().unwrap();
+    let patch = json!({"metadata": {"resourceVersion": "42", "annotations": {"a": null}}});
+    let e = cluster
+        .merge_patch_object(&r, "web", "c", &patch)
+        .await
+        .unwrap_err();
+    assert!(e.is_conflict(), "{e:?}");
+    let sent: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert_eq!(sent.len(), 1, "a conflict is not retried here");
+    assert_eq!(sent[0].path(), "/api/v1/namespaces/web/configmaps/c");
+    assert_eq!(sent[0].content_type, "application/merge-patch+json");
+    assert_eq!(sent[0].json(), patch);
+}
+
+#[tokio::test]
 async fn inventories_are_listed_by_label_across_pages() {
     let cm = |id: &str| {
         json!({"metadata": {"name": crate::plan::inventory_name(id)},

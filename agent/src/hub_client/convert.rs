@@ -5,7 +5,7 @@ use flotilla_proto::agent::v1 as pb;
 use super::renewal::Issued;
 use crate::model::{
     Deployment, DeploymentState, DeploymentStatus, HeldDeployment, ManifestRef, ObjectState,
-    ObjectStatus,
+    ObjectStatus, Removal,
 };
 
 pub(super) fn deployment_from_proto(d: pb::BundleDeployment) -> Deployment {
@@ -23,6 +23,15 @@ pub(super) fn deployment_from_proto(d: pb::BundleDeployment) -> Deployment {
                 source: m.source,
             })
             .collect(),
+        keep_resources: d.keep_resources,
+        correct_drift: d.correct_drift,
+    }
+}
+
+pub(super) fn removal_from_proto(r: pb::Removal) -> Removal {
+    Removal {
+        deployment_id: r.deployment_id,
+        keep_resources: r.keep_resources,
     }
 }
 
@@ -133,7 +142,8 @@ mod tests {
                     source: "a#0".into(),
                 },
             ],
-            ..Default::default()
+            keep_resources: true,
+            correct_drift: true,
         });
         assert_eq!(
             d.manifests
@@ -143,5 +153,25 @@ mod tests {
             ["2", "1"]
         );
         assert_eq!(d.default_namespace, "ns");
+        assert!(d.keep_resources && d.correct_drift);
+        let d = deployment_from_proto(pb::BundleDeployment::default());
+        assert!(!d.keep_resources && !d.correct_drift);
+    }
+
+    #[test]
+    fn removals_carry_the_hubs_keep_flag() {
+        for keep in [false, true] {
+            let r = removal_from_proto(pb::Removal {
+                deployment_id: "d".into(),
+                keep_resources: keep,
+            });
+            assert_eq!(
+                r,
+                Removal {
+                    deployment_id: "d".into(),
+                    keep_resources: keep
+                }
+            );
+        }
     }
 }

@@ -17,13 +17,13 @@ use tracing::{debug, info, warn};
 use super::manifests::{self, Fetched};
 use super::session::send;
 use super::{HubClient, SessionError};
-use crate::model::{Deployment, Desired, HeldDeployment};
+use crate::model::{Deployment, Desired, HeldDeployment, Removal};
 use crate::status::failed_whole;
 
 /// Work for the dispatcher, in the order the hub sent it.
 pub(super) enum Work {
     Deploy(Deployment),
-    Remove(String),
+    Remove(Removal),
 }
 
 impl HubClient {
@@ -100,9 +100,9 @@ impl HubClient {
         fetched.good.extend(have);
         for work in batch {
             match work {
-                Work::Remove(id) => {
-                    info!(deployment = %id, "removal received");
-                    self.reconciler.remove(&id);
+                Work::Remove(removal) => {
+                    info!(deployment = %removal.deployment_id, keep_resources = removal.keep_resources, "removal received");
+                    self.reconciler.remove(removal);
                 }
                 Work::Deploy(d) => self.accept(d, &fetched, out).await?,
             }
@@ -176,7 +176,7 @@ pub(super) fn held(
 fn latest_per_deployment(batch: Vec<Work>) -> Vec<Work> {
     let id = |w: &Work| match w {
         Work::Deploy(d) => d.deployment_id.clone(),
-        Work::Remove(id) => id.clone(),
+        Work::Remove(r) => r.deployment_id.clone(),
     };
     let last: HashMap<String, usize> = batch.iter().enumerate().map(|(i, w)| (id(w), i)).collect();
     batch
@@ -213,25 +213,28 @@ mod tests {
         let deploy = |id: &str, hash: &str| {
             Work::Deploy(Deployment {
                 deployment_id: id.into(),
-                bundle: String::new(),
-                revision: String::new(),
                 content_hash: hash.into(),
-                default_namespace: String::new(),
-                manifests: Vec::new(),
+                ..Deployment::default()
+            })
+        };
+        let remove = |id: &str| {
+            Work::Remove(Removal {
+                deployment_id: id.into(),
+                keep_resources: false,
             })
         };
         let batch = vec![
             deploy("a", "1"),
             deploy("b", "1"),
             deploy("a", "2"),
-            Work::Remove("b".into()),
+            remove("b"),
             deploy("c", "1"),
         ];
         let kept: Vec<String> = latest_per_deployment(batch)
             .into_iter()
             .map(|w| match w {
                 Work::Deploy(d) => format!("deploy {} {}", d.deployment_id, d.content_hash),
-                Work::Remove(id) => format!("remove {id}"),
+                Work::Remove(r) => format!("remove {}", r.deployment_id),
             })
             .collect();
         assert_eq!(kept, ["deploy a 2", "remove b", "deploy c 1"]);
@@ -280,14 +283,16 @@ mod tests {
                 bundle: id.into(),
                 revision: "r".into(),
                 content_hash: hash.into(),
-                default_namespace: String::new(),
-                manifests: Vec::new(),
+                ..Deployment::default()
             },
             manifests: Vec::new(),
         };
         reconciler.deploy(target("applying", "new"));
         reconciler.deploy(target("queued", "q"));
-        reconciler.remove("removing");
+        reconciler.remove(Removal {
+            deployment_id: "removing".into(),
+            keep_resources: false,
+        });
         let identity = crate::identity::Identity {
             cluster_id: "c-1".into(),
             cluster_name: "edge-1".into(),
@@ -342,7 +347,6 @@ mod tests {
             bundle: "b".into(),
             revision: "r".into(),
             content_hash: "h".into(),
-            default_namespace: String::new(),
             manifests: vec![
                 crate::model::ManifestRef {
                     hash: "2".into(),
@@ -353,6 +357,7 @@ mod tests {
                     source: "a.yaml#0".into(),
                 },
             ],
+            ..Deployment::default()
         };
         let mut fetched = Fetched::default();
         fetched

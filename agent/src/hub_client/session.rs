@@ -106,7 +106,7 @@ impl HubClient {
         match m.kind {
             Some(In::Ping(p)) => send(out, Out::Pong(pb::Pong { nonce: p.nonce })).await?,
             Some(In::Deploy(d)) => drop(work.send(Work::Deploy(convert::deployment_from_proto(d)))),
-            Some(In::Remove(r)) => drop(work.send(Work::Remove(r.deployment_id))),
+            Some(In::Remove(r)) => drop(work.send(Work::Remove(convert::removal_from_proto(r)))),
             // Held deployments the hub did not answer about are unchanged; it sends a Removal
             // for the ones it no longer wants, so nothing is pruned on this signal alone.
             Some(In::SyncComplete(_)) => info!("in sync with the hub"),

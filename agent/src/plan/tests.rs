@@ -117,6 +117,59 @@ fn mark_owned_creates_missing_maps() {
     assert!(!is_owned_by(&json!({"metadata": {}}), "d"));
 }
 
+/// Applies a JSON merge patch (RFC 7386), as the API server does.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+#[test]
+fn the_release_patch_takes_off_exactly_the_ownership_marks() {
+    let mut live = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c", "uid": "u-1", "resourceVersion": "42",
+            "labels": {"app": "web"}, "annotations": {"note": "x"}},
+        "data": {"k": "v"}
+    });
+    mark_owned(&mut live, "repo/app");
+    let patch = release_patch(&live);
+    assert_eq!(
+        patch,
+        json!({"metadata": {
+            "resourceVersion": "42",
+            "labels": {MANAGED_BY_LABEL: null, DEPLOYMENT_LABEL: null},
+            "annotations": {DEPLOYMENT_ID_ANNOTATION: null},
+        }})
+    );
+    merge(&mut live, &patch);
+    assert_eq!(live["metadata"]["labels"], json!({"app": "web"}));
+    assert_eq!(live["metadata"]["annotations"], json!({"note": "x"}));
+    assert_eq!(live["data"], json!({"k": "v"}), "nothing else changes");
+    assert!(!is_owned_by(&live, "repo/app"));
+}
+
+#[test]
+fn the_release_patch_leaves_a_managed_by_label_that_names_someone_else() {
+    // Someone relabelled the object after our last apply; without labels of ours and without
+    // a resourceVersion (an odd server), only the annotation goes.
+    let live = json!({"metadata": {"name": "c", "labels": {MANAGED_BY_LABEL: "Helm"},
+        "annotations": {DEPLOYMENT_ID_ANNOTATION: "repo/app"}}});
+    assert_eq!(
+        release_patch(&live),
+        json!({"metadata": {"annotations": {DEPLOYMENT_ID_ANNOTATION: null}}})
+    );
+}
+
 #[test]
 fn namespace_defaults_follow_scope() {
     let cases = [

@@ -10,6 +10,10 @@
 //! resolved now (a version the server stopped serving, a CRD that went away): prune spares
 //! every inventory entry such a manifest may denote.
 //!
+//! *Invariant:* the content being applied (its `spec`, with `keepResources`) is recorded
+//! together with the widened objects, before any of its objects is applied: a removal after a
+//! crash mid-apply still honours the options of what the cluster may hold.
+//!
 //! *Invariant:* the inventory's `contentHash` names a content only once a run of it settled
 //! (everything applied, or only failures a new commit must fix). While another content is
 //! being applied, or after a run that still needs retries, it is empty: `Hello` then makes the
@@ -293,9 +297,10 @@ impl<'a> Run<'a> {
         self.cluster.resolve(&head.api_version, &head.kind).await
     }
 
-    /// Widens the recorded inventory to cover every object about to be applied. Once another
-    /// content is being applied the cluster no longer holds the recorded one completely, so
-    /// its content hash is cleared (a restart then has the hub send the desired state again).
+    /// Widens the recorded inventory to cover every object about to be applied, and records
+    /// this content as the one applied. Once another content is being applied the cluster no
+    /// longer holds the recorded one completely, so its content hash is cleared (a restart
+    /// then has the hub send the desired state again).
     async fn record_ownership(&mut self) -> Result<(), ApiError> {
         let widened = union(&self.inventory.objects, &self.desired_objects());
         let content_hash = if self.inventory.content_hash == self.deployment.content_hash {
@@ -306,6 +311,8 @@ impl<'a> Run<'a> {
         let next = Inventory {
             objects: widened,
             content_hash,
+            revision: self.deployment.revision.clone(),
+            spec: Some(self.deployment.clone()),
             ..self.inventory.clone()
         };
         if next == self.inventory {
@@ -407,6 +414,14 @@ impl<'a> Run<'a> {
     }
 
     /// Prunes, records the new inventory and reports.
+    ///
+    /// What a new content no longer lists is pruned whatever its `keep_resources` says. Fleet
+    /// documents `keepResources` as keeping "the deployed resources when removing the bundle"
+    /// (BundleDeploymentOptions in its CRD reference), and its agent reads the flag only when
+    /// it deletes a bundle deployment (`helmdeployer.deleteByRelease` then forgets the Helm
+    /// release instead of uninstalling it); an upgrade still drops what the chart no longer
+    /// renders. So the flag is about removing the deployment ([`super::prune::remove`]), not
+    /// about objects that leave its content.
     async fn finish(mut self, board: &StatusBoard) -> (Inventory, bool) {
         let desired = self.desired_objects();
         let objects = if self.uncertain {

@@ -1,7 +1,10 @@
 //! Turning desired deployments into cluster state, one worker per deployment id.
 //!
 //! The hub client hands over the latest desired state ([`Reconciler::deploy`]) or a removal
-//! ([`Reconciler::remove`]); each deployment's worker applies one at a time. *Invariant:* the
+//! ([`Reconciler::remove`]); each deployment's worker applies one at a time. A removal prunes
+//! the deployment's objects, or releases them (leaves them on the cluster, unowned) when the
+//! `Removal` or the content recorded in the inventory says `keepResources`: either suffices,
+//! so the flag of the content last applied holds across restarts. *Invariant:* the
 //! latest desired state wins — a newer one arriving mid-apply stops the current run between
 //! objects, and intermediate ones are skipped. A run with failed objects is retried with
 //! backoff while it is still the desired state (a CRD from another bundle, a namespace that
@@ -20,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use self::prune::Disposal;
 use crate::backoff::Backoff;
 use crate::cluster::Cluster;
 use crate::config::BackoffConfig;
-use crate::model::{Desired, Inventory};
+use crate::model::{Desired, Inventory, Removal};
 use crate::status::StatusBoard;
 
 /// Deployments applied at the same time.
@@ -33,7 +37,10 @@ const PARALLEL_APPLIES: usize = 4;
 #[derive(Clone, Debug)]
 enum Target {
     Apply(Arc<Desired>),
-    Remove,
+    /// `keep_resources`: the hub's view of the removed deployment's flag.
+    Remove {
+        keep_resources: bool,
+    },
 }
 
 struct Inner {
@@ -95,7 +102,7 @@ impl Reconciler {
             .map(|(id, tx)| {
                 let hash = match &*tx.borrow() {
                     Target::Apply(d) => Some(d.deployment.content_hash.clone()),
-                    Target::Remove => None,
+                    Target::Remove { .. } => None,
                 };
                 (id.clone(), hash)
             })
@@ -108,9 +115,12 @@ impl Reconciler {
         self.set(id, Target::Apply(Arc::new(desired)));
     }
 
-    /// Prunes everything the deployment owns, then forgets it.
-    pub fn remove(&self, deployment_id: &str) {
-        self.set(deployment_id.to_string(), Target::Remove);
+    /// Prunes (or, to keep resources, releases) everything the deployment owns, then forgets it.
+    pub fn remove(&self, removal: Removal) {
+        let target = Target::Remove {
+            keep_resources: removal.keep_resources,
+        };
+        self.set(removal.deployment_id, target);
     }
 
     fn set(&self, id: String, target: Target) {
@@ -223,13 +233,20 @@ impl Worker {
                 self.inventory = Some(inventory);
                 if ok { Step::Done } else { Step::RetryLater }
             }
-            Target::Remove => match prune::remove(&inner.cluster, inventory).await {
-                Ok(()) => Step::Removed,
-                Err(left) => {
-                    self.inventory = Some(left);
-                    Step::RetryLater
+            Target::Remove { keep_resources } => {
+                let disposal = if keep_resources || inventory.keeps_resources() {
+                    Disposal::Release
+                } else {
+                    Disposal::Delete
+                };
+                match prune::remove(&inner.cluster, inventory, disposal).await {
+                    Ok(()) => Step::Removed,
+                    Err(left) => {
+                        self.inventory = Some(left);
+                        Step::RetryLater
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::prune::Disposal;
 use super::{apply, prune};
 use crate::cluster::Cluster;
 use crate::cluster::fake::{FakeApi, Store};
 use crate::model::{
     Deployment, DeploymentState, DeploymentStatus, Desired, Inventory, ManifestRef, ObjectRef,
-    ObjectState,
+    ObjectState, Removal,
 };
 use crate::plan::{DEPLOYMENT_ID_ANNOTATION, DEPLOYMENT_LABEL, MANAGED_BY_LABEL, inventory_name};
 use crate::status::StatusBoard;
@@ -83,6 +84,19 @@ impl Fixture {
         .await
     }
 
+    /// An ordinary apply run of `desired` over `inventory`.
+    async fn apply_desired(&self, desired: &Desired, inventory: Inventory) -> (Inventory, bool) {
+        apply::run(
+            &self.cluster,
+            &self.board,
+            desired,
+            inventory,
+            true,
+            &|| false,
+        )
+        .await
+    }
+
     /// The latest status published on the board (there must be one).
     fn last_status(&self) -> DeploymentStatus {
         self.board.take_pending().pop().unwrap()
@@ -120,9 +134,17 @@ fn desired(revision: &str, manifests: &[(&str, Value)]) -> Desired {
                     source: source.to_string(),
                 })
                 .collect(),
+            ..Deployment::default()
         },
         manifests: manifests.iter().map(|(_, m)| Arc::new(m.clone())).collect(),
     }
+}
+
+/// [`desired`], with fleet.yaml `keepResources: true`.
+fn desired_keeping(revision: &str, manifests: &[(&str, Value)]) -> Desired {
+    let mut d = desired(revision, manifests);
+    d.deployment.keep_resources = true;
+    d
 }
 
 /// Where the inventory of `apps/app` is kept.
@@ -320,7 +342,9 @@ async fn removal_prunes_everything_in_reverse_order_then_the_inventory() {
     // An entry whose object is already gone is fine.
     let mut inventory = inventory;
     inventory.objects.push(config_map_ref("gone"));
-    prune::remove(&f.cluster, inventory).await.unwrap();
+    prune::remove(&f.cluster, inventory, Disposal::Delete)
+        .await
+        .unwrap();
     let deletes = f.api.paths("DELETE");
     assert_eq!(
         deletes,
@@ -511,7 +535,10 @@ async fn a_removal_of_a_queued_deployment_applies_nothing_and_ends_its_worker() 
         [("apps/app".to_string(), Some("hash-r1".to_string()))]
     );
     // The hub removes it before its turn: nothing may be applied, and the worker ends.
-    reconciler.remove("apps/app");
+    reconciler.remove(Removal {
+        deployment_id: "apps/app".into(),
+        keep_resources: false,
+    });
     drop(busy);
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while !reconciler.targets().is_empty() {
@@ -534,7 +561,8 @@ async fn a_removal_of_a_queued_deployment_applies_nothing_and_ends_its_worker() 
 /// A fake API server holding one ConfigMap `moved` owned by `apps/app` (uid `u-1`,
 /// resourceVersion `1`). Right after the first read, the object is re-applied (resourceVersion
 /// `2`) with its ownership annotation naming `then_owner`, as another bundle's apply racing
-/// with prune would. DELETE honours `preconditions` as a real API server does (409 Conflict).
+/// with prune would. DELETE honours `preconditions`, and a merge PATCH its
+/// `metadata.resourceVersion`, as a real API server does (409 Conflict). There is no inventory.
 async fn racing_object(then_owner: &'static str) -> Fixture {
     use crate::cluster::fake::Reply;
 
@@ -581,6 +609,22 @@ async fn racing_object(then_owner: &'static str) -> Fixture {
                     )
                 }
             }
+            ("PATCH", p) if p == path => {
+                let live = objects[path].clone();
+                if r.json()["metadata"]["resourceVersion"] != live["metadata"]["resourceVersion"] {
+                    return Reply::json(
+                        409,
+                        json!({"kind": "Status", "status": "Failure", "code": 409, "reason": "Conflict",
+                        "message": "the object has been modified; please apply your changes to the latest version and try again"}),
+                    );
+                }
+                let mut released = live;
+                released["metadata"]["annotations"] = json!({});
+                released["metadata"]["resourceVersion"] = json!("3");
+                objects.insert(path.into(), released.clone());
+                Reply::json(200, released)
+            }
+            ("DELETE", p) if p.contains("/configmaps/flotilla-inv-") => Reply::text(404, "not found"),
             _ => Reply::text(500, "unexpected"),
         }
     })
@@ -625,4 +669,255 @@ async fn prune_reads_again_and_deletes_an_object_still_ours_that_changed() {
         .map(|r| r.json()["preconditions"]["resourceVersion"].clone())
         .collect();
     assert_eq!(preconditions, [json!("1"), json!("2")]);
+}
+
+/// The objects' paths in the fake, for the bundles below.
+const WEB: &str = "/apis/apps/v1/namespaces/apps/deployments/web";
+const SETTINGS: &str = "/api/v1/namespaces/apps/configmaps/settings";
+
+/// Whether a live object still carries any of the ownership marks.
+fn marked(live: &Value) -> bool {
+    let meta = &live["metadata"];
+    !meta["labels"][MANAGED_BY_LABEL].is_null()
+        || !meta["labels"][DEPLOYMENT_LABEL].is_null()
+        || !meta["annotations"][DEPLOYMENT_ID_ANNOTATION].is_null()
+}
+
+#[tokio::test]
+async fn a_removal_that_keeps_releases_what_is_ours_and_deletes_only_the_inventory() {
+    let f = Fixture::new().await;
+    let mut settings = config_map("settings");
+    settings["metadata"]["labels"] = json!({"app": "web"});
+    let bundle = vec![
+        ("d.yaml#0", deployment("web")),
+        ("c.yaml#0", settings),
+        ("t.yaml#0", config_map("taken")),
+    ];
+    let (mut inventory, _) = f
+        .apply_desired(&desired_keeping("r1", &bundle), empty_inventory())
+        .await;
+    let taken = "/api/v1/namespaces/apps/configmaps/taken";
+    f.store.lock().unwrap().get_mut(taken).unwrap()["metadata"]["annotations"]
+        [DEPLOYMENT_ID_ANNOTATION] = json!("other/app");
+    inventory.objects.push(config_map_ref("gone"));
+
+    prune::remove(&f.cluster, inventory, Disposal::Release)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        f.api.paths("DELETE"),
+        [inventory_path()],
+        "nothing but the inventory is deleted"
+    );
+    let objects = f.objects();
+    for path in [WEB, SETTINGS] {
+        assert!(!marked(&objects[path]), "{path}: {}", objects[path]);
+    }
+    assert_eq!(
+        objects[SETTINGS]["metadata"]["labels"],
+        json!({"app": "web"})
+    );
+    assert_eq!(objects[SETTINGS]["data"], json!({"k": "v"}));
+    assert_eq!(
+        objects[taken]["metadata"]["annotations"][DEPLOYMENT_ID_ANNOTATION], "other/app",
+        "another deployment's object is not touched"
+    );
+    assert_eq!(
+        objects[taken]["metadata"]["labels"][MANAGED_BY_LABEL],
+        "flotilla"
+    );
+    let releases: Vec<_> = f
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.content_type.starts_with("application/merge-patch+json"))
+        .collect();
+    assert_eq!(releases.len(), 2, "one patch per object of ours");
+    assert!(
+        releases
+            .iter()
+            .all(|r| r.json()["metadata"]["resourceVersion"].is_string()),
+        "each release is conditional on the object as read"
+    );
+
+    // Released objects are nobody's: a later prune under the same deployment id spares them.
+    let refs = vec![config_map_ref("settings")];
+    assert!(
+        prune::prune_objects(&f.cluster, "apps/app", refs)
+            .await
+            .is_empty()
+    );
+    assert!(f.holds(SETTINGS));
+}
+
+#[tokio::test]
+async fn a_release_never_touches_an_object_taken_over_after_it_was_read() {
+    let f = racing_object("apps/other").await;
+    let inventory = Inventory {
+        objects: vec![config_map_ref("moved")],
+        ..empty_inventory()
+    };
+    prune::remove(&f.cluster, inventory, Disposal::Release)
+        .await
+        .unwrap();
+    let live = &f.objects()["/api/v1/namespaces/apps/configmaps/moved"];
+    assert_eq!(
+        live["metadata"]["annotations"][DEPLOYMENT_ID_ANNOTATION],
+        "apps/other"
+    );
+    let patches: Vec<Value> = f
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.json()["metadata"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(patches, [json!("1")], "refused, read again, not ours");
+}
+
+#[tokio::test]
+async fn a_release_reads_again_and_releases_an_object_still_ours_that_changed() {
+    let f = racing_object("apps/app").await;
+    let inventory = Inventory {
+        objects: vec![config_map_ref("moved")],
+        ..empty_inventory()
+    };
+    prune::remove(&f.cluster, inventory, Disposal::Release)
+        .await
+        .unwrap();
+    let live = &f.objects()["/api/v1/namespaces/apps/configmaps/moved"];
+    assert!(!marked(live), "{live}");
+    let patches: Vec<Value> = f
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.json()["metadata"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(patches, [json!("1"), json!("2")]);
+    assert!(
+        f.api
+            .paths("DELETE")
+            .iter()
+            .all(|p| p.contains("flotilla-inv-"))
+    );
+}
+
+#[tokio::test]
+async fn a_new_content_prunes_what_left_it_even_when_keeping_resources() {
+    let f = Fixture::new().await;
+    let first = vec![
+        ("a.yaml#0", config_map("stay")),
+        ("b.yaml#0", config_map("left")),
+    ];
+    let (inventory, _) = f
+        .apply_desired(&desired_keeping("r1", &first), empty_inventory())
+        .await;
+    let second = vec![("a.yaml#0", config_map("stay"))];
+    let (inventory, settled) = f
+        .apply_desired(&desired_keeping("r2", &second), inventory)
+        .await;
+    assert!(settled);
+    assert!(
+        !f.holds("/api/v1/namespaces/apps/configmaps/left"),
+        "keepResources is about removing the deployment, not about what leaves its content"
+    );
+    assert!(f.holds("/api/v1/namespaces/apps/configmaps/stay"));
+    assert!(inventory.keeps_resources());
+}
+
+#[tokio::test]
+async fn the_keep_flag_is_recorded_before_any_object_is_applied() {
+    let f = Fixture::new().await;
+    let bundle = vec![("c.yaml#0", config_map("settings"))];
+    let desired = desired_keeping("r1", &bundle);
+    // Superseded right after the inventory was widened, as a crash there would leave it.
+    apply::run(
+        &f.cluster,
+        &f.board,
+        &desired,
+        empty_inventory(),
+        false,
+        &|| true,
+    )
+    .await;
+    assert!(!f.holds(SETTINGS));
+    let stored = f.cluster.read_inventory("apps/app").await.unwrap().unwrap();
+    assert!(stored.keeps_resources());
+    assert_eq!(stored.revision, "r1");
+    assert_eq!(stored.objects, [config_map_ref("settings")]);
+}
+
+/// Polls `check` until it holds; panics after a deadline.
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !check() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Has a worker apply `settings` (with `content_keeps` as its keepResources), waits until it
+/// settled, removes it with `removal_keeps`, and waits until the worker ended.
+async fn removed_by_a_worker(content_keeps: bool, removal_keeps: bool) -> Fixture {
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    let f = Fixture::new().await;
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let reconciler = super::Reconciler::new(
+        f.cluster.clone(),
+        Arc::new(StatusBoard::default()),
+        crate::config::BackoffConfig::default(),
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let mut d = desired("r1", &[("c.yaml#0", config_map("settings"))]);
+    d.deployment.keep_resources = content_keeps;
+    reconciler.deploy(d);
+    wait_until("the content settled", || {
+        f.store
+            .lock()
+            .unwrap()
+            .get(&inventory_path())
+            .map(|cm| cm["data"]["contentHash"].clone())
+            == Some(json!("hash-r1"))
+    })
+    .await;
+    reconciler.remove(Removal {
+        deployment_id: "apps/app".into(),
+        keep_resources: removal_keeps,
+    });
+    wait_until("the worker ended", || reconciler.targets().is_empty()).await;
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    f
+}
+
+#[tokio::test]
+async fn a_removal_keeps_when_either_the_removal_or_the_recorded_content_says_so() {
+    for (content_keeps, removal_keeps, kept) in [
+        (true, false, true),
+        (false, true, true),
+        (false, false, false),
+    ] {
+        let case = format!("content {content_keeps}, removal {removal_keeps}");
+        let f = removed_by_a_worker(content_keeps, removal_keeps).await;
+        assert!(!f.holds(&inventory_path()), "{case}: the inventory is gone");
+        assert_eq!(f.holds(SETTINGS), kept, "{case}");
+        if kept {
+            assert!(!marked(&f.objects()[SETTINGS]), "{case}");
+            assert!(
+                f.api
+                    .paths("DELETE")
+                    .iter()
+                    .all(|p| p.contains("flotilla-inv-")),
+                "{case}"
+            );
+        }
+    }
 }

@@ -5,10 +5,12 @@
 //! - `harness`: starting both fakes and agents, waiting with one deadline;
 //! - `deploy`: registration, deploy → fetch → ack → status, removal, restart, refused token;
 //! - `identity`: renewal on the stream, trust updates, registering again after expiry;
-//! - `bootstrap`: the install manifest's bootstrap Secret and its token.
+//! - `bootstrap`: the install manifest's bootstrap Secret and its token;
+//! - `keep`: fleet.yaml `keepResources` on removal, and across a restart.
 
 mod bootstrap;
 mod deploy;
 mod fake_hub;
 mod harness;
 mod identity;
+mod keep;
