@@ -26,6 +26,27 @@ pub struct HubConfig {
     /// The https URL agents dial, when it differs from the listen address (a Service or a
     /// load balancer in front of the hub); `None` derives it from the bound listener.
     pub agent_url: Option<String>,
+    /// The shared secret GitHub signs and GitLab sends push webhooks with; None disables
+    /// the webhook endpoints.
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+/// A webhook secret; never printed.
+#[derive(Clone)]
+pub struct WebhookSecret(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
+impl WebhookSecret {
+    /// The secret in `text`, without the trailing newline a file usually ends with.
+    pub fn new(text: &str) -> Option<Self> {
+        let t = text.trim_end_matches(['\n', '\r']);
+        (!t.is_empty()).then(|| Self(std::sync::Arc::from(t.as_bytes())))
+    }
 }
 
 impl HubConfig {
@@ -41,6 +62,7 @@ impl HubConfig {
             client_cert_ttl: Duration::from_secs(86400),
             shutdown_grace: Duration::from_secs(10),
             agent_url: None,
+            webhook_secret: None,
         }
     }
 

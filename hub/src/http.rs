@@ -1,5 +1,6 @@
-//! The hub's plain-HTTP port: `/healthz`, `/readyz` and `/metrics`, apart from the gRPC port
-//! so that probes and Prometheus need no client certificate.
+//! The hub's plain-HTTP port: `/healthz`, `/readyz`, `/metrics` and the push webhooks
+//! (`/webhooks/github`, `/webhooks/gitlab`, each delivery verified against the webhook secret),
+//! apart from the gRPC port so that probes, Prometheus and Git hosts need no client certificate.
 //!
 //! Nothing here reveals fleet data beyond counts: bind it where only the kubelet and the
 //! monitoring system can reach it.
@@ -26,16 +27,19 @@ pub struct Probe {
 }
 
 /// Serve the probe and metrics endpoints on `listener` until `shutdown`.
+/// `extra` is merged in: the webhook endpoints.
 pub async fn serve(
     listener: TcpListener,
     probe: Probe,
+    extra: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(probe);
+        .with_state(probe)
+        .merge(extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -171,9 +171,18 @@ impl Hub {
             metrics: self.metrics.clone(),
             ready: ready.clone(),
         };
+        let hooks = {
+            let sources = ctx.sources.clone();
+            crate::webhook::router(
+                self.config.webhook_secret.as_ref().map(|s| s.0.clone()),
+                Arc::new(move |event: &crate::webhook::PushEvent| sources.push(event)),
+                self.metrics.clone(),
+            )
+        };
         let http = tasks.spawn(crate::http::serve(
             self.http_listener,
             probe,
+            hooks,
             shutdown.clone(),
         ));
         let served = crate::grpc::serve(ctx, self.listener, self.tls, shutdown.clone()).await;

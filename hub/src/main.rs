@@ -1,5 +1,6 @@
 //! `flotilla`: the hub server (`flotilla serve`) and its admin CLI.
 
+use anyhow::Context;
 use clap::Parser;
 use flotilla_hub::cli::{Cli, Command, LogFormat, execute};
 use flotilla_hub::{Hub, HubConfig};
@@ -27,6 +28,18 @@ async fn main() -> anyhow::Result<()> {
     config.default_poll_interval = args.poll_interval;
     config.client_cert_ttl = args.client_cert_ttl;
     config.agent_url = args.agent_url;
+    if let Some(path) = &args.webhook_secret_file {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the webhook secret file {}; check --webhook-secret-file",
+                path.display()
+            )
+        })?;
+        config.webhook_secret = Some(
+            flotilla_hub::config::WebhookSecret::new(&text)
+                .with_context(|| format!("the webhook secret file {} is empty", path.display()))?,
+        );
+    }
     let hub = Hub::bind(config).await?;
     eprintln!(
         "flotilla hub listening on {}; admin credential: {}",

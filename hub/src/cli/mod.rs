@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Lifetime of cluster client certificates; agents renew at about two thirds of it.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub client_cert_ttl: std::time::Duration,
+    /// File holding the secret GitHub signs (and GitLab sends) push webhooks with; enables
+    /// POST /webhooks/github and /webhooks/gitlab on the HTTP port.
+    #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -32,8 +32,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 type SyncReply = oneshot::Sender<GitRepo>;
 
+/// A request to fetch now: from `repo sync` (which waits for the outcome) or a webhook.
+type Trigger = Option<SyncReply>;
+
 struct Poller {
-    trigger: mpsc::Sender<SyncReply>,
+    trigger: mpsc::Sender<Trigger>,
     cancel: CancellationToken,
     /// The repository as its task last saw it, including the time of the last fetch (which
     /// is not written to the store unless something else changed).
@@ -130,8 +133,37 @@ impl Sources {
             .trigger
             .clone();
         let (tx, rx) = oneshot::channel();
-        trigger.send(tx).await.ok()?;
+        trigger.send(Some(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Wake the GitRepos a push concerns: same repository, and a branch one of its
+    /// environments follows, or any tag when it pins a revision. Returns their names.
+    /// Never waits: a poller with a fetch already queued needs no second one.
+    pub fn push(&self, event: &crate::webhook::PushEvent) -> Vec<String> {
+        use crate::webhook::GitRef;
+        if event.is_deletion() {
+            return Vec::new();
+        }
+        let pollers = self.pollers.lock().expect("pollers lock");
+        let mut woken = Vec::new();
+        for (name, poller) in pollers.iter() {
+            let spec = poller.current.lock().expect("repo lock").spec.clone();
+            if !event.is_for(&spec.url) {
+                continue;
+            }
+            let wanted = match &event.git_ref {
+                GitRef::Branch(b) => spec.effective_environments().iter().any(|e| &e.branch == b),
+                GitRef::Tag(_) => spec.revision.is_some(),
+            };
+            if wanted {
+                // Full means a fetch is already queued, which will see this push too.
+                let _ = poller.trigger.try_send(None);
+                woken.push(name.clone());
+            }
+        }
+        woken.sort();
+        woken
     }
 }
 
@@ -146,7 +178,7 @@ struct PollTask {
 }
 
 impl PollTask {
-    async fn run(mut self, mut triggers: mpsc::Receiver<SyncReply>) {
+    async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>) {
         let cancel = self.cancel.clone();
         let mut failures = 0u32;
         let mut waiting: Vec<SyncReply> = Vec::new();
@@ -173,8 +205,9 @@ impl PollTask {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
-                reply = triggers.recv() => match reply {
-                    Some(reply) => waiting.push(reply),
+                trigger = triggers.recv() => match trigger {
+                    Some(Some(reply)) => waiting.push(reply),
+                    Some(None) => {}
                     None => return,
                 },
             }
