@@ -5,6 +5,7 @@
 //! Commands return their output as a string, so tests run them in-process.
 
 pub mod client;
+mod declarative;
 pub mod manifest;
 mod output;
 mod security;
@@ -51,6 +52,14 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Where every bundle stands on every cluster.
     Status(StatusArgs),
+    /// Create or update GitRepos and ClusterGroups from YAML (kubectl-like documents).
+    Apply(declarative::ApplyArgs),
+    /// Show hub objects: gitrepo, clustergroup, cluster.
+    Get(declarative::GetArgs),
+    /// Delete a GitRepo (its bundles are pruned) or a ClusterGroup.
+    Delete(declarative::DeleteArgs),
+    /// Which clusters would get which bundles of a GitRepo, rendered how, without deploying.
+    Preview(declarative::PreviewArgs),
     /// The hub's certificate authorities: status and rotation.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -178,6 +187,8 @@ pub enum ClusterCommand {
     List(OutputArgs),
     /// Delete a cluster: its agent is cut off at once and its certificate refused from then on.
     Delete { name: String },
+    /// Set (`key=value`) or remove (`key-`) labels of a cluster; it is re-targeted at once.
+    Label(declarative::LabelArgs),
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +331,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
         Command::Cluster(ClusterCommand::Delete { name }) => {
             security::cluster_delete(&mut admin, name).await
         }
+        Command::Apply(args) => declarative::apply(&mut admin, args).await,
+        Command::Get(args) => declarative::get(&mut admin, args).await,
+        Command::Delete(args) => declarative::delete(&mut admin, args).await,
+        Command::Preview(args) => declarative::preview(&mut admin, args).await,
+        Command::Cluster(ClusterCommand::Label(args)) => declarative::label(&mut admin, args).await,
         Command::Ca(CaCommand::Status(o)) => security::ca_status(&mut admin, o.output).await,
         Command::Ca(CaCommand::Rotate) => security::ca_rotate(&mut admin).await,
         Command::Ca(CaCommand::Retire { force }) => security::ca_retire(&mut admin, force).await,
@@ -412,6 +428,7 @@ fn status_json(s: &api::GetStatusResponse) -> Value {
             "revision": b.revision, "contentHash": b.content_hash, "manifests": b.manifests, "error": b.error})).collect::<Vec<_>>(),
         "deployments": s.deployments.iter().map(|d| json!({
             "cluster": d.cluster_name, "clusterId": d.cluster_id, "bundle": d.bundle,
+            "environment": d.environment,
             "state": state_name(d.state), "desiredRevision": d.desired_revision,
             "reportedRevision": d.reported_revision, "message": d.message, "updatedAt": d.updated_at,
             "objects": d.objects.iter().map(|o| json!({"apiVersion": o.api_version, "kind": o.kind,
@@ -436,11 +453,43 @@ fn status_table(s: &api::GetStatusResponse) -> String {
         ready,
         s.deployments.len()
     );
-    let rows: Vec<Vec<String>> = s
-        .deployments
+    // Grouped by environment (GitRepo environments; `-` for GitRepos without), so a
+    // branch-per-environment fleet reads as one block per environment.
+    let mut deployments: Vec<&api::DeploymentStatus> = s.deployments.iter().collect();
+    deployments.sort_by(|a, b| {
+        (&a.environment, &a.cluster_name, &a.bundle).cmp(&(
+            &b.environment,
+            &b.cluster_name,
+            &b.bundle,
+        ))
+    });
+    let mut envs: Vec<&str> = deployments.iter().map(|d| d.environment.as_str()).collect();
+    envs.dedup();
+    if envs.iter().any(|e| !e.is_empty()) {
+        out.push_str("ENVIRONMENT  READY\n");
+        for env in &envs {
+            let of_env: Vec<_> = deployments
+                .iter()
+                .filter(|d| d.environment == *env)
+                .collect();
+            let ready = of_env
+                .iter()
+                .filter(|d| d.state == WireState::Ready as i32)
+                .count();
+            let name = if env.is_empty() { "-" } else { env };
+            out.push_str(&format!("{name:<12} {ready}/{}\n", of_env.len()));
+        }
+        out.push('\n');
+    }
+    let rows: Vec<Vec<String>> = deployments
         .iter()
         .map(|d| {
             vec![
+                if d.environment.is_empty() {
+                    "-".into()
+                } else {
+                    d.environment.clone()
+                },
                 d.cluster_name.clone(),
                 d.bundle.clone(),
                 state_name(d.state).into(),
@@ -450,7 +499,14 @@ fn status_table(s: &api::GetStatusResponse) -> String {
         })
         .collect();
     out.push_str(&output::table(
-        &["CLUSTER", "BUNDLE", "STATE", "REVISION", "MESSAGE"],
+        &[
+            "ENVIRONMENT",
+            "CLUSTER",
+            "BUNDLE",
+            "STATE",
+            "REVISION",
+            "MESSAGE",
+        ],
         &rows,
     ));
     let broken: Vec<_> = s.bundles.iter().filter(|b| !b.error.is_empty()).collect();

@@ -9,7 +9,7 @@ use sha2::Digest;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{Context, authorize_admin, convert, internal};
+use super::{Context, authorize_admin, convert, declarative, internal};
 use crate::model::{
     GitRepo, GitRepoSpec, GitRepoStatus, RegistrationToken, is_dns_label, unix_now,
 };
@@ -197,6 +197,48 @@ impl api::admin_server::Admin for AdminService {
             was_connected: deleted.was_connected,
             deployments: deleted.deployments as u32,
         }))
+    }
+
+    async fn apply(
+        &self,
+        req: Request<api::ApplyRequest>,
+    ) -> Result<Response<api::ApplyResponse>, Status> {
+        let admin = authorize_admin(&self.0, &req)?;
+        declarative::apply(&self.0, &admin, req.into_inner()).map(Response::new)
+    }
+
+    async fn get(
+        &self,
+        req: Request<api::GetRequest>,
+    ) -> Result<Response<api::GetResponse>, Status> {
+        authorize_admin(&self.0, &req)?;
+        declarative::get(&self.0, req.into_inner()).map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<api::DeleteRequest>,
+    ) -> Result<Response<api::DeleteResponse>, Status> {
+        let admin = authorize_admin(&self.0, &req)?;
+        declarative::delete(&self.0, &admin, req.into_inner()).map(Response::new)
+    }
+
+    async fn label_cluster(
+        &self,
+        req: Request<api::LabelClusterRequest>,
+    ) -> Result<Response<api::Cluster>, Status> {
+        let admin = authorize_admin(&self.0, &req)?;
+        declarative::label_cluster(&self.0, &admin, req.into_inner()).map(Response::new)
+    }
+
+    async fn preview(
+        &self,
+        req: Request<api::PreviewRequest>,
+    ) -> Result<Response<api::PreviewResponse>, Status> {
+        authorize_admin(&self.0, &req)?;
+        super::preview::preview(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_ca(

@@ -219,6 +219,7 @@ pub fn deployment_status(d: &DeploymentView) -> admin::DeploymentStatus {
             .unwrap_or_default(),
         state: state_to_wire(d.state) as i32,
         message: d.message.clone(),
+        environment: d.environment.clone(),
         objects: d
             .reported
             .iter()

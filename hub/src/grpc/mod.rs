@@ -7,6 +7,8 @@
 mod admin;
 mod agent;
 mod convert;
+mod declarative;
+mod preview;
 mod register;
 pub mod tls;
 

@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bundle;
 use crate::fleet::Fleet;
-use crate::model::{Bundle, BundleId, GitRepo, GitRepoStatus, redact_url, unix_now};
+use crate::model::{Bundle, BundleId, GitRepo, GitRepoSpec, GitRepoStatus, redact_url, unix_now};
 use crate::store::StoreError;
 
 /// Longest a fetch may take before it is abandoned and reported as failed.
@@ -295,61 +295,27 @@ impl PollTask {
         Ok(())
     }
 
-    /// Read the bundles of environment `env` at `commit` and build the ones whose inputs
-    /// changed. Returns them with the warnings met on the way.
+    /// Read the bundles of environment `env` at `commit`, build the ones whose inputs
+    /// changed and store their manifests. Returns them with the warnings met on the way.
     async fn build(
         &self,
         env: &str,
         commit: &str,
     ) -> Result<(Vec<Bundle>, Vec<String>), SyncError> {
-        let (mirror, c, paths) = (
-            self.mirror.clone(),
-            commit.to_string(),
-            self.repo.spec.paths.clone(),
-        );
-        let trees = tokio::task::spawn_blocking(move || git::read_bundles(&mirror, &c, &paths))
-            .await
-            .map_err(|e| SyncError::Task(e.to_string()))??;
-        let mut out = Vec::new();
-        let repo = &self.repo.spec.name;
-        for tree in trees {
-            let id = BundleId::new(repo, &tree.path);
-            let previous = self.fleet.bundle(repo, env, &id);
-            let prev = previous.as_ref();
-            if let Some(p) = prev.filter(|p| p.tree_id == tree.tree_id) {
-                out.push(p.clone());
-                continue;
-            }
-            let mut bundle = Bundle {
-                id: id.clone(),
-                repo: repo.clone(),
-                env: env.to_string(),
-                path: tree.path.clone(),
-                tree_id: tree.tree_id.clone(),
-                commit: commit.to_string(),
-                content: prev.and_then(|p| p.content.clone()),
-                error: None,
-                customizations: Vec::new(),
-                override_targets: Vec::new(),
-                depends_on: Vec::new(),
-                labels: Default::default(),
-                warnings: Vec::new(),
-            };
-            match bundle::build(commit, "default", &tree.files) {
-                Ok(built) => {
-                    for m in &built.manifests {
-                        self.fleet.store().put_manifest(&m.hash, &m.json)?;
-                    }
-                    bundle.content = Some(Arc::new(built.content));
-                }
-                Err(e) => {
-                    warn!(bundle = %id, error = %e, "bundle cannot be built; keeping its previous revision");
-                    bundle.error = Some(e.to_string());
-                }
-            }
-            out.push(bundle);
+        let fleet = self.fleet.clone();
+        let (repo, env_name) = (self.repo.spec.name.clone(), env.to_string());
+        let built = build_env(
+            &self.mirror,
+            &self.repo.spec,
+            env,
+            commit,
+            move |id: &BundleId| fleet.bundle(&repo, &env_name, id),
+        )
+        .await?;
+        for m in &built.manifests {
+            self.fleet.store().put_manifest(&m.hash, &m.json)?;
         }
-        Ok((out, Vec::new()))
+        Ok((built.bundles, built.warnings))
     }
 
     fn record(
@@ -383,6 +349,139 @@ impl PollTask {
 
 fn short(rev: &str) -> &str {
     &rev[..rev.len().min(12)]
+}
+
+/// One environment's bundles built at one commit.
+pub struct EnvBuild {
+    pub bundles: Vec<Bundle>,
+    pub warnings: Vec<String>,
+    /// Manifests of the bundles built now (not of those reused), not yet stored.
+    pub manifests: Vec<bundle::BuiltManifest>,
+}
+
+/// Read the bundles of `spec` at `commit` from `mirror` and build each whose inputs changed
+/// since `previous` built it (as environment `env`).
+async fn build_env(
+    mirror: &std::path::Path,
+    spec: &GitRepoSpec,
+    env: &str,
+    commit: &str,
+    previous: impl Fn(&BundleId) -> Option<Bundle>,
+) -> Result<EnvBuild, SyncError> {
+    let (mirror, c, paths) = (mirror.to_path_buf(), commit.to_string(), spec.paths.clone());
+    let trees = tokio::task::spawn_blocking(move || git::read_bundles(&mirror, &c, &paths))
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))??;
+    let mut out = EnvBuild {
+        bundles: Vec::new(),
+        warnings: Vec::new(),
+        manifests: Vec::new(),
+    };
+    let repo = &spec.name;
+    for tree in trees {
+        let id = BundleId::new(repo, &tree.path);
+        let prev = previous(&id);
+        if let Some(p) = prev.as_ref().filter(|p| p.tree_id == tree.tree_id) {
+            out.bundles.push(p.clone());
+            continue;
+        }
+        let mut bundle = Bundle {
+            id: id.clone(),
+            repo: repo.clone(),
+            env: env.to_string(),
+            path: tree.path.clone(),
+            tree_id: tree.tree_id.clone(),
+            commit: commit.to_string(),
+            content: prev.as_ref().and_then(|p| p.content.clone()),
+            error: None,
+            customizations: Vec::new(),
+            override_targets: Vec::new(),
+            depends_on: Vec::new(),
+            labels: Default::default(),
+            warnings: Vec::new(),
+        };
+        match bundle::build(commit, "default", &tree.files) {
+            Ok(built) => {
+                out.manifests.extend(built.manifests);
+                bundle.content = Some(Arc::new(built.content));
+            }
+            Err(e) => {
+                warn!(bundle = %id, error = %e, "bundle cannot be built; keeping its previous revision");
+                bundle.error = Some(e.to_string());
+            }
+        }
+        out.bundles.push(bundle);
+    }
+    Ok(out)
+}
+
+/// A GitRepo built at a revision for `preview`, nothing stored or deployed.
+pub struct PreviewBuild {
+    pub spec: GitRepoSpec,
+    /// Environment → (commit, its build).
+    pub environments: BTreeMap<String, (String, EnvBuild)>,
+}
+
+impl Sources {
+    /// Build GitRepo `name` at `revision` (or each environment's branch head, fetched now)
+    /// without deploying anything. The mirror is updated: it is only a cache of the remote.
+    pub async fn preview(
+        &self,
+        name: &str,
+        revision: Option<&str>,
+    ) -> Result<PreviewBuild, PreviewError> {
+        let spec = self
+            .pollers
+            .lock()
+            .expect("pollers lock")
+            .get(name)
+            .map(|p| p.current.lock().expect("repo lock").spec.clone())
+            .ok_or_else(|| PreviewError::NoRepo(name.to_string()))?;
+        let envs = spec.effective_environments();
+        let mut branches: Vec<String> = envs.iter().map(|e| e.branch.clone()).collect();
+        branches.sort();
+        branches.dedup();
+        let mirror = self.git_dir.join(format!("{name}.git"));
+        let pin = revision
+            .map(str::to_string)
+            .or_else(|| spec.revision.clone());
+        let (url, m) = (spec.url.clone(), mirror.clone());
+        let fetched = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                let never = AtomicBool::new(false);
+                let heads = git::fetch(&m, &url, &branches, true, &never)?;
+                let pinned = match &pin {
+                    Some(rev) => Some(git::resolve(&m, rev)?),
+                    None => None,
+                };
+                Ok::<_, git::GitError>((heads, pinned))
+            }),
+        )
+        .await
+        .map_err(|_| PreviewError::Build(format!("fetching took longer than {FETCH_TIMEOUT:?}")))?
+        .map_err(|e| PreviewError::Build(e.to_string()))?
+        .map_err(|e| PreviewError::Build(e.to_string()))?;
+        let (heads, pinned) = fetched;
+        let mut environments = BTreeMap::new();
+        for e in envs {
+            let commit = pinned.clone().unwrap_or_else(|| heads[&e.branch].clone());
+            let built = build_env(&mirror, &spec, &e.name, &commit, |_| None)
+                .await
+                .map_err(|e| PreviewError::Build(e.to_string()))?;
+            environments.insert(e.name, (commit, built));
+        }
+        Ok(PreviewBuild { spec, environments })
+    }
+}
+
+/// Why a preview could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error("no GitRepo named {0:?}; list them with `flotilla get gitrepo`")]
+    NoRepo(String),
+    #[error("{0}")]
+    Build(String),
 }
 
 #[derive(Debug, thiserror::Error)]
