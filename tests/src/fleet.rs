@@ -131,6 +131,38 @@ impl TestFleet {
         Ok((code, body.to_string()))
     }
 
+    /// POST `body` to `path` on the hub's plain-HTTP port with extra `headers`; returns the
+    /// status code and the body.
+    pub async fn http_post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.hub.as_ref().context("the hub is not running")?.http;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(body).await?;
+        let mut raw = String::new();
+        tcp.read_to_string(&mut raw).await?;
+        let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        Ok((code, body.to_string()))
+    }
+
     /// The value of one sample on the hub's `/metrics`, e.g.
     /// `flotilla_refusals_total{reason="token_expired"}`; 0 when it is absent.
     pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
@@ -231,6 +263,23 @@ impl TestFleet {
     pub async fn add_cluster(&mut self, name: &str) -> anyhow::Result<Arc<KubeEmulator>> {
         let kube = self.add_cluster_without_agent(name).await?;
         let token = self.token().await?;
+        self.start_agent(name, Some(token))?;
+        Ok(kube)
+    }
+
+    /// Start a Kubernetes emulator and register an agent for it with a token carrying
+    /// `labels` (`k=v`), as a platform team registers a cluster into an environment.
+    pub async fn add_cluster_labelled(
+        &mut self,
+        name: &str,
+        labels: &[&str],
+    ) -> anyhow::Result<Arc<KubeEmulator>> {
+        let kube = self.add_cluster_without_agent(name).await?;
+        let mut args = vec!["token", "create", "--ttl", "1h"];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        let token = self.cli(&args).await?.trim().to_string();
         self.start_agent(name, Some(token))?;
         Ok(kube)
     }

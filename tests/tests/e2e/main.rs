@@ -7,3 +7,4 @@ mod install;
 mod rotation;
 mod scenarios;
 mod security;
+mod targeting;
