@@ -14,6 +14,7 @@ pub(crate) mod hub;
 pub mod metrics;
 pub mod model;
 pub mod pki;
+pub mod render;
 pub mod source;
 pub mod store;
 pub mod target;
