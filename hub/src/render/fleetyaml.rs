@@ -529,12 +529,10 @@ fn validate_options(
     yaml: Option<&YamlOptions>,
     namespace: Option<&str>,
 ) -> Result<(), String> {
-    if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
-        if !is_dns_label(ns) {
-            return Err(format!(
-                "{at}namespace: {ns:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63)"
-            ));
-        }
+    if let Some(ns) = namespace.filter(|n| !n.is_empty() && !is_dns_label(n)) {
+        return Err(format!(
+            "{at}namespace: {ns:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63)"
+        ));
     }
     if let Some(k) = kustomize.filter(|k| !k.dir.is_empty()) {
         paths::check_relative(&k.dir).map_err(|m| format!("{at}kustomize.dir: {m}"))?;
