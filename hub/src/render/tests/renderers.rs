@@ -591,3 +591,21 @@ async fn serve_dir(listener: tokio::net::TcpListener, dir: PathBuf) {
         .with_state(dir);
     axum::serve(listener, app).await.unwrap();
 }
+
+#[test]
+fn release_names_are_derived_as_fleet_derives_them() {
+    use super::super::helm::release_name;
+    assert_eq!(release_name("repo/apps/web"), "repo-apps-web");
+    assert_eq!(release_name("--a//b--"), "a-b");
+    // Anything changed besides `/` gets a hash suffix, so distinct hints stay distinct.
+    let upper = release_name("Repo/Web");
+    assert!(
+        upper.starts_with("repo-web-") && upper.len() == "repo-web-".len() + 8,
+        "{upper}"
+    );
+    assert_ne!(release_name("repo/web_1"), release_name("repo/web.1"));
+    let long = release_name(&format!("repo/{}", "x".repeat(80)));
+    assert_eq!(long.len(), 53);
+    assert!(long.starts_with("repo-xxxx"));
+    assert_eq!(release_name("///").len(), 24, "nothing usable: a hash");
+}
