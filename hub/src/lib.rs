@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod pki;
+pub mod render;
 pub mod source;
 pub mod store;
 pub mod target;
