@@ -29,6 +29,9 @@ pub struct HubConfig {
     /// The shared secret GitHub signs and GitLab sends push webhooks with; None disables
     /// the webhook endpoints.
     pub webhook_secret: Option<WebhookSecret>,
+    /// `kubectl` and `helm`, and the limits bundles render under. Its scratch directory
+    /// defaults to `<data-dir>/render`.
+    pub renderers: crate::render::Renderers,
 }
 
 /// A webhook secret; never printed.
@@ -53,7 +56,7 @@ impl HubConfig {
     /// Defaults for `data_dir`, listening on all interfaces at port 8443.
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
-            data_dir,
+            data_dir: data_dir.clone(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             allow_tls12: false,
@@ -63,6 +66,10 @@ impl HubConfig {
             shutdown_grace: Duration::from_secs(10),
             agent_url: None,
             webhook_secret: None,
+            renderers: crate::render::Renderers {
+                scratch: data_dir.join("render"),
+                ..Default::default()
+            },
         }
     }
 

@@ -84,6 +84,10 @@ impl Hub {
     pub async fn bind(config: HubConfig) -> Result<Self, HubError> {
         let dir = &config.data_dir;
         create_private_dir(dir)?;
+        // Renders run in private checkouts under the scratch directory; what a crashed hub
+        // left there is of no use.
+        let _ = std::fs::remove_dir_all(&config.renderers.scratch);
+        create_private_dir(&config.renderers.scratch)?;
         let store = Store::open(&dir.join("store"))?;
         let pki = Arc::new(Pki::load_or_create(&dir.join("pki"), &config.server_names)?);
         let fleet = Fleet::load(store.clone())?;
@@ -147,6 +151,7 @@ impl Hub {
         let sources = Arc::new(Sources::new(
             self.fleet.clone(),
             self.config.data_dir.join("git"),
+            self.config.renderers.clone(),
             tasks.clone(),
             shutdown.clone(),
         ));

@@ -21,7 +21,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bundle;
 use crate::fleet::Fleet;
-use crate::model::{Bundle, BundleId, GitRepo, GitRepoSpec, GitRepoStatus, redact_url, unix_now};
+use crate::model::{
+    Bundle, BundleId, Customization, Dependency, GitRepo, GitRepoSpec, GitRepoStatus, redact_url,
+    unix_now,
+};
+use crate::render;
 use crate::store::StoreError;
 
 /// Longest a fetch may take before it is abandoned and reported as failed.
@@ -46,6 +50,7 @@ struct Poller {
 /// The set of running Git pollers.
 pub struct Sources {
     fleet: Arc<Fleet>,
+    renderers: Arc<render::Renderers>,
     git_dir: PathBuf,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -57,11 +62,13 @@ impl Sources {
     pub fn new(
         fleet: Arc<Fleet>,
         git_dir: PathBuf,
+        renderers: render::Renderers,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             fleet,
+            renderers: Arc::new(renderers),
             git_dir,
             tasks,
             shutdown,
@@ -93,6 +100,7 @@ impl Sources {
         let mirror = self.git_dir.join(format!("{name}.git"));
         let task = PollTask {
             fleet: self.fleet.clone(),
+            renderers: self.renderers.clone(),
             mirror,
             repo,
             current,
@@ -169,6 +177,7 @@ impl Sources {
 
 struct PollTask {
     fleet: Arc<Fleet>,
+    renderers: Arc<render::Renderers>,
     mirror: PathBuf,
     repo: GitRepo,
     current: Arc<Mutex<GitRepo>>,
@@ -309,6 +318,7 @@ impl PollTask {
             &self.repo.spec,
             env,
             commit,
+            &self.renderers,
             move |id: &BundleId| fleet.bundle(&repo, &env_name, id),
         )
         .await?;
@@ -359,57 +369,177 @@ pub struct EnvBuild {
     pub manifests: Vec<bundle::BuiltManifest>,
 }
 
-/// Read the bundles of `spec` at `commit` from `mirror` and build each whose inputs changed
-/// since `previous` built it (as environment `env`).
+/// Read the bundles of `spec` at `commit` from `mirror`, and render each whose inputs changed
+/// since `previous` built it (as environment `env`): once per target customization, shared
+/// by every cluster that matches it.
 async fn build_env(
     mirror: &std::path::Path,
     spec: &GitRepoSpec,
     env: &str,
     commit: &str,
+    renderers: &render::Renderers,
     previous: impl Fn(&BundleId) -> Option<Bundle>,
 ) -> Result<EnvBuild, SyncError> {
-    let (mirror, c, paths) = (mirror.to_path_buf(), commit.to_string(), spec.paths.clone());
-    let trees = tokio::task::spawn_blocking(move || git::read_bundles(&mirror, &c, &paths))
+    let (m, c) = (mirror.to_path_buf(), commit.to_string());
+    let (_, files) = tokio::task::spawn_blocking(move || git::read_all(&m, &c))
         .await
         .map_err(|e| SyncError::Task(e.to_string()))??;
+    let files = Arc::new(files);
     let mut out = EnvBuild {
         bundles: Vec::new(),
         warnings: Vec::new(),
         manifests: Vec::new(),
     };
     let repo = &spec.name;
-    for tree in trees {
-        let id = BundleId::new(repo, &tree.path);
+    // Written once per commit, and only when something needs rendering.
+    let mut checkout: Option<render::Checkout> = None;
+    for found in render::discover(&files, &spec.paths) {
+        let id = BundleId::new(repo, &found.path);
         let prev = previous(&id);
-        if let Some(p) = prev.as_ref().filter(|p| p.tree_id == tree.tree_id) {
-            out.bundles.push(p.clone());
-            continue;
-        }
         let mut bundle = Bundle {
             id: id.clone(),
             repo: repo.clone(),
             env: env.to_string(),
-            path: tree.path.clone(),
-            tree_id: tree.tree_id.clone(),
+            path: found.path.clone(),
+            tree_id: String::new(),
             commit: commit.to_string(),
             content: prev.as_ref().and_then(|p| p.content.clone()),
             error: None,
-            customizations: Vec::new(),
-            override_targets: Vec::new(),
-            depends_on: Vec::new(),
-            labels: Default::default(),
+            customizations: prev
+                .as_ref()
+                .map(|p| p.customizations.clone())
+                .unwrap_or_default(),
+            override_targets: prev
+                .as_ref()
+                .map(|p| p.override_targets.clone())
+                .unwrap_or_default(),
+            depends_on: prev
+                .as_ref()
+                .map(|p| p.depends_on.clone())
+                .unwrap_or_default(),
+            labels: prev.as_ref().map(|p| p.labels.clone()).unwrap_or_default(),
             warnings: Vec::new(),
         };
-        match bundle::build(commit, "default", &tree.files) {
+        let source = match found.result {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(bundle = %id, error = %e, "bundle cannot be read; keeping its previous revision");
+                bundle.error = Some(e.to_string());
+                out.bundles.push(bundle);
+                continue;
+            }
+        };
+        out.warnings
+            .extend(source.warnings.iter().map(|w| format!("{id}: {w}")));
+        let pinned = match &source.renderer {
+            render::Renderer::Helm { chart } => chart.is_pinned(),
+            _ => true,
+        };
+        if let Some(p) = prev
+            .as_ref()
+            .filter(|p| p.tree_id == source.fingerprint.0 && pinned && p.error.is_none())
+        {
+            out.bundles.push(p.clone());
+            continue;
+        }
+        if source.fleet.paused
+            && let Some(p) = prev.as_ref()
+        {
+            // fleet.yaml `paused`: clusters keep what they run; the newest commit waits.
+            let mut p = p.clone();
+            p.warnings = vec![format!(
+                "paused in fleet.yaml: commit {} is not deployed",
+                short(commit)
+            )];
+            out.bundles.push(p);
+            continue;
+        }
+        bundle.tree_id = source.fingerprint.0.clone();
+        bundle.warnings = source.warnings.clone();
+        bundle.labels = source.fleet.labels.clone();
+        bundle.override_targets = source.fleet.override_targets.clone().unwrap_or_default();
+        bundle.depends_on = source
+            .fleet
+            .depends_on
+            .iter()
+            .map(|d| Dependency {
+                name: (!d.name.is_empty()).then(|| d.name.clone()),
+                selector: d.selector.clone(),
+            })
+            .collect();
+        if checkout.is_none() {
+            let (f, scratch) = (files.clone(), renderers.scratch.clone());
+            let written =
+                tokio::task::spawn_blocking(move || render::Checkout::write(&f, &scratch))
+                    .await
+                    .map_err(|e| SyncError::Task(e.to_string()))?;
+            match written {
+                Ok(c) => checkout = Some(c),
+                Err(e) => return Err(SyncError::Render(e.to_string())),
+            }
+        }
+        let checkout = checkout.as_ref().expect("written above");
+        let release = bundle.fleet_name();
+        let variant = async |customization: Option<usize>| {
+            let options = source.fleet.options(customization);
+            let rendered =
+                render::render(renderers, checkout, &source, customization, &release).await?;
+            let built = bundle::assemble(
+                commit,
+                &rendered.default_namespace,
+                bundle::ContentOptions {
+                    keep_resources: options.keep_resources,
+                    correct_drift: options.correct_drift.enabled,
+                },
+                rendered.objects,
+            );
+            Ok::<_, render::RenderError>(built)
+        };
+        match variant(None).await {
             Ok(built) => {
                 out.manifests.extend(built.manifests);
                 bundle.content = Some(Arc::new(built.content));
             }
             Err(e) => {
-                warn!(bundle = %id, error = %e, "bundle cannot be built; keeping its previous revision");
+                warn!(bundle = %id, error = %e, "bundle cannot be rendered; keeping its previous revision");
                 bundle.error = Some(e.to_string());
             }
         }
+        let mut customizations = Vec::new();
+        for (i, c) in source.fleet.target_customizations.iter().enumerate() {
+            let old = prev
+                .as_ref()
+                .and_then(|p| p.customizations.iter().find(|o| o.name == c.name));
+            let mut entry = Customization {
+                name: c.name.clone(),
+                target: c.target(),
+                do_not_deploy: source.fleet.options(Some(i)).do_not_deploy,
+                content: old.and_then(|o| o.content.clone()),
+                error: None,
+            };
+            if !entry.do_not_deploy {
+                match variant(Some(i)).await {
+                    Ok(built) => {
+                        // Equal to the default variant: share it.
+                        let same = bundle
+                            .content
+                            .as_ref()
+                            .filter(|d| d.content_hash == built.content.content_hash)
+                            .cloned();
+                        entry.content = Some(same.unwrap_or_else(|| {
+                            out.manifests.extend(built.manifests);
+                            Arc::new(built.content)
+                        }));
+                    }
+                    Err(e) => {
+                        warn!(bundle = %id, customization = %c.name, error = %e, "customization cannot be rendered; keeping its previous revision");
+                        entry.error = Some(e.to_string());
+                    }
+                }
+            }
+            customizations.push(entry);
+        }
+        bundle.customizations = customizations;
         out.bundles.push(bundle);
     }
     Ok(out)
@@ -466,7 +596,7 @@ impl Sources {
         let mut environments = BTreeMap::new();
         for e in envs {
             let commit = pinned.clone().unwrap_or_else(|| heads[&e.branch].clone());
-            let built = build_env(&mirror, &spec, &e.name, &commit, |_| None)
+            let built = build_env(&mirror, &spec, &e.name, &commit, &self.renderers, |_| None)
                 .await
                 .map_err(|e| PreviewError::Build(e.to_string()))?;
             environments.insert(e.name, (commit, built));
@@ -492,4 +622,6 @@ enum SyncError {
     Store(#[from] StoreError),
     #[error("git worker failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Render(String),
 }

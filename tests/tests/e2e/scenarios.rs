@@ -283,7 +283,7 @@ async fn unreadable_manifest_keeps_the_previous_revision() -> anyhow::Result<()>
     let s = fleet.status().await?;
     let bundle = s.bundles.iter().find(|b| b.id == "apps/app").unwrap();
     assert!(
-        bundle.error.starts_with("app/config.yaml:"),
+        bundle.error.starts_with("bundle app: app/config.yaml:1:"),
         "{}",
         bundle.error
     );
