@@ -354,8 +354,13 @@ impl<'a> Run<'a> {
         else {
             return;
         };
+        // The deployment's namespace (fleet.yaml `defaultNamespace` or `namespace`) is created
+        // as Fleet creates it, whether an object relies on it or names it; other namespaces
+        // are the bundle's to declare.
+        let in_default = head.namespace.is_empty()
+            || head.namespace == effective_default_namespace(&self.deployment.default_namespace);
         if r.namespaced
-            && head.namespace.is_empty()
+            && in_default
             && let Err(why) = self.ensure_default_namespace().await
         {
             self.items[i].fail(why, true);

@@ -502,7 +502,11 @@ async fn build_env(
             }
             Err(e) => {
                 warn!(bundle = %id, error = %e, "bundle cannot be rendered; keeping its previous revision");
-                bundle.error = Some(e.to_string());
+                bundle.error = Some(if source.fleet.target_customizations.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("for clusters that match no targetCustomization: {e}")
+                });
             }
         }
         let mut customizations = Vec::new();

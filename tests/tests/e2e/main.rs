@@ -2,6 +2,7 @@
 //! (TestFleet, the Git server, the Kubernetes API emulator); these modules are the scenarios.
 
 mod emulator;
+mod fleet_examples;
 mod git_server;
 mod install;
 mod rotation;
