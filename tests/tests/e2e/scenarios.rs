@@ -49,7 +49,7 @@ fn ready(
 }
 
 /// Mutating requests the cluster's API server has answered so far.
-fn writes(kube: &flotilla_tests::kube_emulator::KubeEmulator) -> usize {
+pub(crate) fn writes(kube: &flotilla_tests::kube_emulator::KubeEmulator) -> usize {
     kube.requests()
         .iter()
         .filter(|r| matches!(r.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))

@@ -71,7 +71,7 @@ async fn branches_are_environments_relabel_moves_and_merge_promotes() -> anyhow:
     let mut fleet = TestFleet::start().await?;
     let repo = fleet.git.create_repo("apps")?;
     repo.write("web/config.yaml", &config_map("web", "v1"))?;
-    repo.commit("v1")?;
+    let v1 = repo.commit("v1")?;
     repo.checkout_branch("staging", true)?;
     repo.write("web/config.yaml", &config_map("web", "v2"))?;
     repo.commit("v2 on staging")?;
@@ -158,6 +158,46 @@ async fn branches_are_environments_relabel_moves_and_merge_promotes() -> anyhow:
     assert_eq!(d.desired_revision, merged);
     let d = TestFleet::deployment(&s, "stg-1", "apps/web").expect("a deployment");
     assert_eq!(d.desired_revision, v3);
+
+    // Preview pinned to the first commit: prod-1 would go back to v1 (a rollback is a
+    // revert or a pinned revision), shown and not deployed.
+    let back = fleet
+        .cli(&["preview", "apps", "--cluster", "prod-1", "--revision", &v1])
+        .await?;
+    assert!(
+        back.contains("-  tier: v3") && back.contains("+  tier: v1"),
+        "{back}"
+    );
+
+    // A hub restart sends nothing the agents already hold.
+    fleet
+        .wait_status("every apps/web Ready", |s| {
+            s.deployments.len() == 3
+                && s.deployments
+                    .iter()
+                    .all(|d| d.state == flotilla_proto::agent::v1::DeploymentState::Ready as i32)
+        })
+        .await?;
+    let kubes = [&dev, &stg, &prod];
+    let before: Vec<usize> = kubes.iter().map(|k| crate::scenarios::writes(k)).collect();
+    fleet.restart_hub().await?;
+    fleet
+        .wait_status("reconnected and Ready after the restart", |s| {
+            s.clusters.iter().filter(|c| c.connected).count() == 4
+                && s.deployments.len() == 3
+                && s.deployments
+                    .iter()
+                    .all(|d| d.state == flotilla_proto::agent::v1::DeploymentState::Ready as i32)
+        })
+        .await?;
+    let s = fleet.status().await?;
+    let d = TestFleet::deployment(&s, "stg-1", "apps/web").expect("a deployment");
+    assert_eq!(
+        (d.environment.as_str(), d.desired_revision.as_str()),
+        ("staging", v3.as_str())
+    );
+    let after: Vec<usize> = kubes.iter().map(|k| crate::scenarios::writes(k)).collect();
+    assert_eq!(before, after, "nothing re-applied after the hub restart");
     Ok(())
 }
 
