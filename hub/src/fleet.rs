@@ -739,7 +739,6 @@ fn place_bundle(st: &State, cluster: ClusterId, key: &EnvKey, id: &BundleId) -> 
         groups: &groups,
     };
     let (content, error) = variant_for(spec, bundle, &facts)??;
-    let content = content.map(|c| with_repo_options(spec, c));
     let mut placed = Placed {
         repo: key.0.clone(),
         env: key.1.clone(),
@@ -758,26 +757,6 @@ fn place_bundle(st: &State, cluster: ClusterId, key: &EnvKey, id: &BundleId) -> 
         placed.held = waiting_for(st, cluster, key, bundle);
     }
     Some(placed)
-}
-
-/// GitRepo-level options (correctDrift, keepResources) folded into a bundle's content.
-fn with_repo_options(spec: &GitRepoSpec, c: Arc<BundleContent>) -> Arc<BundleContent> {
-    if (spec.correct_drift && !c.correct_drift) || (spec.keep_resources && !c.keep_resources) {
-        let mut owned = (*c).clone();
-        owned.correct_drift |= spec.correct_drift;
-        owned.keep_resources |= spec.keep_resources;
-        // The options are part of what the agent runs, so part of the hash.
-        owned.content_hash = crate::model::ContentHash::of(
-            format!(
-                "{}\ncorrect-drift={}\nkeep-resources={}",
-                c.content_hash, owned.correct_drift, owned.keep_resources
-            )
-            .as_bytes(),
-        );
-        Arc::new(owned)
-    } else {
-        c
-    }
 }
 
 /// Why `bundle` must wait on `cluster`: the first dependency not Ready there.

@@ -435,9 +435,15 @@ async fn build_env(
             render::Renderer::Helm { chart } => chart.is_pinned(),
             _ => true,
         };
+        // The GitRepo's own options go into every variant's content, so they are part of
+        // what decides whether the bundle must be built again.
+        let inputs = format!(
+            "{}+correct-drift={}+keep-resources={}",
+            source.fingerprint.0, spec.correct_drift, spec.keep_resources
+        );
         if let Some(p) = prev
             .as_ref()
-            .filter(|p| p.tree_id == source.fingerprint.0 && pinned && p.error.is_none())
+            .filter(|p| p.tree_id == inputs && pinned && p.error.is_none())
         {
             out.bundles.push(p.clone());
             continue;
@@ -454,7 +460,7 @@ async fn build_env(
             out.bundles.push(p);
             continue;
         }
-        bundle.tree_id = source.fingerprint.0.clone();
+        bundle.tree_id = inputs;
         bundle.warnings = source.warnings.clone();
         bundle.labels = source.fleet.labels.clone();
         bundle.override_targets = source.fleet.override_targets.clone().unwrap_or_default();
@@ -488,8 +494,8 @@ async fn build_env(
                 commit,
                 &rendered.default_namespace,
                 bundle::ContentOptions {
-                    keep_resources: options.keep_resources,
-                    correct_drift: options.correct_drift.enabled,
+                    keep_resources: options.keep_resources || spec.keep_resources,
+                    correct_drift: options.correct_drift.enabled || spec.correct_drift,
                 },
                 rendered.objects,
             );

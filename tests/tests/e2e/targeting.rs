@@ -435,3 +435,36 @@ async fn a_signed_push_fetches_at_once_and_a_forged_one_is_refused() -> anyhow::
     assert_eq!((code, answer.as_str()), (200, r#"{"triggered":[]}"#));
     Ok(())
 }
+
+/// fleet.yaml `keepResources`: deleting the GitRepo prunes the other bundle's objects and
+/// leaves this one's in place, no longer owned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_resources_leaves_objects_when_the_bundle_goes() -> anyhow::Result<()> {
+    let mut fleet = TestFleet::start().await?;
+    let repo = fleet.git.create_repo("apps")?;
+    repo.write("kept/fleet.yaml", "keepResources: true\n")?;
+    repo.write("kept/config.yaml", &config_map("kept", "k"))?;
+    repo.write("pruned/fleet.yaml", "defaultNamespace: default\n")?;
+    repo.write("pruned/config.yaml", &config_map("pruned", "p"))?;
+    repo.commit("two bundles")?;
+    let kube = fleet.add_cluster("east").await?;
+    let url = fleet.git.http_url("apps");
+    fleet.add_repo("apps", &url, &[]).await?;
+    wait_tiers("both deployed", &[(&kube, Some("k"))], "kept").await?;
+    wait_tiers("both deployed", &[(&kube, Some("p"))], "pruned").await?;
+    let owned = kube.get_object("v1", "ConfigMap", Some("default"), "kept");
+    assert_eq!(
+        owned.map(|o| o["metadata"]["annotations"]["flotilla.dev/deployment-id"].clone()),
+        Some(Value::from("apps/kept")),
+        "owned while deployed"
+    );
+    fleet.cli(&["delete", "gitrepo", "apps"]).await?;
+    wait_tiers("the other bundle pruned", &[(&kube, None)], "pruned").await?;
+    let kept = wait_for("the kept object released", || async {
+        kube.get_object("v1", "ConfigMap", Some("default"), "kept")
+            .filter(|o| o["metadata"]["annotations"]["flotilla.dev/deployment-id"].is_null())
+    })
+    .await?;
+    assert_eq!(kept["data"]["tier"], "k");
+    Ok(())
+}
