@@ -442,7 +442,10 @@ async fn a_signed_push_fetches_at_once_and_a_forged_one_is_refused() -> anyhow::
 async fn keep_resources_leaves_objects_when_the_bundle_goes() -> anyhow::Result<()> {
     let mut fleet = TestFleet::start().await?;
     let repo = fleet.git.create_repo("apps")?;
-    repo.write("kept/fleet.yaml", "keepResources: true\n")?;
+    repo.write(
+        "kept/fleet.yaml",
+        "keepResources: true\nkeepResourcez: false\n",
+    )?;
     repo.write("kept/config.yaml", &config_map("kept", "k"))?;
     repo.write("pruned/fleet.yaml", "defaultNamespace: default\n")?;
     repo.write("pruned/config.yaml", &config_map("pruned", "p"))?;
@@ -452,6 +455,12 @@ async fn keep_resources_leaves_objects_when_the_bundle_goes() -> anyhow::Result<
     fleet.add_repo("apps", &url, &[]).await?;
     wait_tiers("both deployed", &[(&kube, Some("k"))], "kept").await?;
     wait_tiers("both deployed", &[(&kube, Some("p"))], "pruned").await?;
+    // An unknown fleet.yaml field is a warning naming it, not a failure.
+    let yaml = fleet.cli(&["get", "gitrepo", "apps", "-o", "yaml"]).await?;
+    assert!(
+        yaml.contains("apps/kept") && yaml.contains("keepResourcez"),
+        "{yaml}"
+    );
     let owned = kube.get_object("v1", "ConfigMap", Some("default"), "kept");
     assert_eq!(
         owned.map(|o| o["metadata"]["annotations"]["flotilla.dev/deployment-id"].clone()),
