@@ -477,3 +477,48 @@ async fn keep_resources_leaves_objects_when_the_bundle_goes() -> anyhow::Result<
     assert_eq!(kept["data"]["tier"], "k");
     Ok(())
 }
+
+/// fleet.yaml `dependsOn`: a bundle waits on each cluster until what it depends on is Ready
+/// there, and follows as soon as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_waits_for_the_dependency_to_be_ready() -> anyhow::Result<()> {
+    let mut fleet = TestFleet::start().await?;
+    let repo = fleet.git.create_repo("apps")?;
+    // The database bundle cannot apply yet: a Service without ports is refused (422).
+    repo.write(
+        "db/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  ports: []\n",
+    )?;
+    repo.write("db/fleet.yaml", "defaultNamespace: default\n")?;
+    repo.write("app/fleet.yaml", "dependsOn:\n- name: apps-db\n")?;
+    repo.write("app/config.yaml", &config_map("app", "a"))?;
+    repo.commit("app depends on db")?;
+    let kube = fleet.add_cluster("east").await?;
+    let url = fleet.git.http_url("apps");
+    fleet.add_repo("apps", &url, &[]).await?;
+    let s = fleet
+        .wait_status("app held back while db fails", |s| {
+            let state = |b: &str| TestFleet::deployment(s, "east", b).map(|d| d.state);
+            state("apps/db") == Some(flotilla_proto::agent::v1::DeploymentState::ErrApplied as i32)
+                && state("apps/app")
+                    == Some(flotilla_proto::agent::v1::DeploymentState::Pending as i32)
+        })
+        .await?;
+    let app = TestFleet::deployment(&s, "east", "apps/app").expect("listed");
+    assert!(
+        app.message
+            .contains("waiting for dependency apps/db to be Ready"),
+        "{}",
+        app.message
+    );
+    assert_eq!(tier(&kube, "app"), None, "nothing of app was applied");
+
+    repo.write(
+        "db/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  ports:\n  - port: 5432\n",
+    )?;
+    repo.commit("fix db")?;
+    fleet.sync("apps").await?;
+    wait_tiers("app followed its dependency", &[(&kube, Some("a"))], "app").await?;
+    Ok(())
+}
