@@ -113,6 +113,15 @@ pub struct ServeArgs {
     /// POST /webhooks/github and /webhooks/gitlab on the HTTP port.
     #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// The helm binary bundles with charts are rendered with.
+    #[arg(long, env = "FLOTILLA_HELM", default_value = "helm")]
+    pub helm: PathBuf,
+    /// The kubectl binary kustomize bundles are rendered with (`kubectl kustomize`).
+    #[arg(long, env = "FLOTILLA_KUBECTL", default_value = "kubectl")]
+    pub kubectl: PathBuf,
+    /// Longest one render (helm template, kubectl kustomize) may take.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub render_timeout: std::time::Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
