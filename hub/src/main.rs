@@ -28,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
     config.default_poll_interval = args.poll_interval;
     config.client_cert_ttl = args.client_cert_ttl;
     config.agent_url = args.agent_url;
+    if let Some(dir) = args.credentials_dir {
+        config.credentials_dir = dir;
+    }
     if let Some(path) = &args.webhook_secret_file {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(

@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// POST /webhooks/github and /webhooks/gitlab on the HTTP port.
     #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Directory of Git credentials: `<dir>/<clientSecretName>/username` and `.../password`
+    /// (a mounted kubernetes.io/basic-auth Secret), read at every fetch. Default:
+    /// `<data-dir>/credentials`.
+    #[arg(long, env = "FLOTILLA_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
