@@ -29,6 +29,10 @@ pub struct HubConfig {
     /// The shared secret GitHub signs and GitLab sends push webhooks with; None disables
     /// the webhook endpoints.
     pub webhook_secret: Option<WebhookSecret>,
+    /// Where the Git credentials GitRepos name (`clientSecretName`) live: one directory per
+    /// credential holding the files `username` and `password`, read at every fetch. Defaults
+    /// to `<data-dir>/credentials`.
+    pub credentials_dir: PathBuf,
     /// `kubectl` and `helm`, and the limits bundles render under. Its scratch directory
     /// defaults to `<data-dir>/render`.
     pub renderers: crate::render::Renderers,
@@ -66,6 +70,7 @@ impl HubConfig {
             shutdown_grace: Duration::from_secs(10),
             agent_url: None,
             webhook_secret: None,
+            credentials_dir: data_dir.join("credentials"),
             renderers: crate::render::Renderers {
                 scratch: data_dir.join("render"),
                 ..Default::default()

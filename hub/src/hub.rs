@@ -151,6 +151,7 @@ impl Hub {
         let sources = Arc::new(Sources::new(
             self.fleet.clone(),
             self.config.data_dir.join("git"),
+            self.config.credentials_dir.clone(),
             self.config.renderers.clone(),
             tasks.clone(),
             shutdown.clone(),

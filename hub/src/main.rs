@@ -31,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
     config.renderers.helm = args.helm;
     config.renderers.kubectl = args.kubectl;
     config.renderers.timeout = args.render_timeout;
+    if let Some(dir) = args.credentials_dir {
+        config.credentials_dir = dir;
+    }
     if let Some(path) = &args.webhook_secret_file {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(

@@ -494,7 +494,7 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
         Some(at) => format!("{scheme}://***{}", &rest[at..]),
         None => url.to_string(),
@@ -515,5 +515,9 @@ mod tests {
             "https://git.example/a@b.git"
         );
         assert_eq!(redact_url("file:///srv/a.git"), "file:///srv/a.git");
+        assert_eq!(
+            redact_url("https://ghp_token@git.example?x=@y"),
+            "https://***@git.example?x=@y"
+        );
     }
 }

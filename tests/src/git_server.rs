@@ -11,6 +11,11 @@
 //! Every `git` process, client or server side, runs with the same isolated environment
 //! (`GitEnv`): no system or global config, a fixed identity, no prompts, default branch `main`.
 //!
+//! A repository made with [`GitServer::create_private_repo`] asks for HTTP basic auth over
+//! http:// as a forge does: `401` with `WWW-Authenticate: Basic realm=...` until a request
+//! carries its username and password. git:// and file:// have no authentication and serve it
+//! as any other.
+//!
 //! *Boundary:* [`TestRepo`] methods are blocking (`std::process::Command`) and only ever touch the
 //! local filesystem (they push by path), so they are safe on any runtime. Cloning or fetching from
 //! the server's http:// or git:// URL with a *blocking* client on a current-thread runtime would
@@ -25,13 +30,14 @@ mod daemon;
 mod http;
 mod repo;
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -70,6 +76,8 @@ struct Shared {
     work: PathBuf,
     git: GitEnv,
     upload_packs: AtomicU64,
+    /// Private repositories by name, with the `Authorization` header value they accept.
+    private: Mutex<HashMap<String, String>>,
     _dir: TempDir,
 }
 
@@ -97,6 +105,7 @@ impl GitServer {
             work,
             git,
             upload_packs: AtomicU64::new(0),
+            private: Mutex::new(HashMap::new()),
             _dir: dir,
         });
         let shutdown = CancellationToken::new();
@@ -129,6 +138,31 @@ impl GitServer {
     /// and a working clone of it to commit from. `name` may contain `/` (`org/app`).
     pub fn create_repo(&self, name: &str) -> anyhow::Result<TestRepo> {
         TestRepo::create(self.shared.clone(), name)
+    }
+
+    /// Like [`create_repo`](Self::create_repo), but http:// serves it only to requests with
+    /// HTTP basic auth as `user` and `password`.
+    pub fn create_private_repo(
+        &self,
+        name: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<TestRepo> {
+        let repo = self.create_repo(name)?;
+        self.set_password(name, user, password);
+        Ok(repo)
+    }
+
+    /// Make http:// ask for `user` and `password` for repository `name` from now on (a
+    /// rotated password: the old one is refused).
+    pub fn set_password(&self, name: &str, user: &str, password: &str) {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.shared
+            .private
+            .lock()
+            .expect("private repos lock")
+            .insert(name.to_owned(), format!("Basic {token}"));
     }
 
     /// `http://127.0.0.1:PORT/<name>.git`, served by `git http-backend` (smart HTTP, v0 and v2).
@@ -190,6 +224,20 @@ impl Shared {
 
     fn count_upload_pack(&self) {
         self.upload_packs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a request for `path` (decoded, `/<name>.git/...`) with this `Authorization`
+    /// header may be served: a public repository, or the private one's credentials.
+    fn authorized(&self, path: &str, authorization: Option<&str>) -> bool {
+        let private = self.private.lock().expect("private repos lock");
+        private
+            .iter()
+            .filter(|(name, _)| {
+                path.strip_prefix('/')
+                    .and_then(|p| p.strip_prefix(name.as_str()))
+                    .is_some_and(|rest| rest.starts_with(".git/"))
+            })
+            .all(|(_, expected)| authorization == Some(expected.as_str()))
     }
 }
 

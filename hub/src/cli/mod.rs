@@ -122,6 +122,11 @@ pub struct ServeArgs {
     /// Longest one render (helm template, kubectl kustomize) may take.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub render_timeout: std::time::Duration,
+    /// Directory of Git credentials: `<dir>/<clientSecretName>/username` and `.../password`
+    /// (a mounted kubernetes.io/basic-auth Secret), read at every fetch. Default:
+    /// `<data-dir>/credentials`.
+    #[arg(long, env = "FLOTILLA_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -4,12 +4,24 @@
 //! gix's network client is blocking: callers run these functions on `spawn_blocking`.
 //! Each GitRepo has its own bare repository under `<data-dir>/git/<name>.git`, so a fetch
 //! after the first only transfers new objects.
+//!
+//! A GitRepo that names a credential (`clientSecretName`) is fetched with the username and
+//! password read from `<credentials-dir>/<name>/` just before the fetch ([`Credentials`]),
+//! handed to gix through its credential callback, never through the URL. Every fetch answers
+//! gix's credential requests itself, so no `git credential` helper or prompt is ever run.
+//! *Invariant:* a password (of a credential or in a URL) is never in an error, a log line or
+//! a status: `Credentials` does not print it, and fetch errors are scrubbed of it.
+
+mod credentials;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use gix::remote::Direction;
+
+pub use credentials::Credentials;
+use credentials::{AuthLog, answer, scrub, url_secrets};
 
 use crate::bundle::BundleFile;
 use crate::model::redact_url;
@@ -36,6 +48,48 @@ pub enum GitError {
     NoRevision { revision: String, message: String },
     #[error("path `{path}` does not exist at commit {commit}; check the GitRepo's paths")]
     NoPath { path: String, commit: String },
+    #[error(
+        "credential `{name}` is not on the hub: expected the directory {path} holding the files \
+         `username` and `password`; create it (a Kubernetes Secret of type kubernetes.io/basic-auth \
+         mounted there works) or remove the GitRepo's clientSecretName"
+    )]
+    CredentialMissing { name: String, path: String },
+    #[error(
+        "credential `{name}` is incomplete: expected the file {path}; add it (as key `{key}` of the \
+         Secret mounted at {dir})"
+    )]
+    CredentialFileMissing {
+        name: String,
+        key: &'static str,
+        path: String,
+        dir: String,
+    },
+    #[error(
+        "credential `{name}` cannot be read from {path}: {message}; check it is readable UTF-8 text"
+    )]
+    CredentialUnreadable {
+        name: String,
+        path: String,
+        message: String,
+    },
+    #[error(
+        "credential `{name}` has an empty password in {path}; write the password or token there"
+    )]
+    CredentialEmpty { name: String, path: String },
+    #[error(
+        "{url} asks for credentials; set the GitRepo's clientSecretName to a credential on the hub \
+         (files `username` and `password` in the hub's credentials directory)"
+    )]
+    AuthRequired { url: String },
+    #[error(
+        "{url} did not accept credential `{name}`; check the credential: the username and password \
+         (or token) in {dir}, and that they may read this repository"
+    )]
+    AuthRejected {
+        url: String,
+        name: String,
+        dir: String,
+    },
 }
 
 /// A bundle directory read at a commit.
@@ -49,11 +103,12 @@ pub struct BundleTree {
 }
 
 /// Fetch `branches` (and every tag, when `tags`) from `url` into the bare mirror at
-/// `mirror`; returns each branch's head commit. Setting `interrupt` makes a transfer in
-/// progress give up.
+/// `mirror`, authenticating with `credentials` if the server asks; returns each branch's head
+/// commit. Setting `interrupt` makes a transfer in progress give up.
 pub fn fetch(
     mirror: &Path,
     url: &str,
+    credentials: Option<&Credentials>,
     branches: &[String],
     tags: bool,
     interrupt: &AtomicBool,
@@ -75,9 +130,22 @@ pub fn fetch(
     if tags {
         refspecs.push("+refs/tags/*:refs/tags/*".to_string());
     }
-    let fetch_err = |e: &dyn std::fmt::Display| GitError::Fetch {
-        url: redact_url(url),
-        message: e.to_string(),
+    let log = AuthLog::default();
+    let mut secrets = url_secrets(url);
+    secrets.extend(credentials.map(|c| c.password.clone()));
+    let fetch_err = |e: &dyn std::fmt::Display| match credentials {
+        Some(c) if log.rejected.get() => GitError::AuthRejected {
+            url: redact_url(url),
+            name: c.name.clone(),
+            dir: c.dir.display().to_string(),
+        },
+        None if log.asked.get() => GitError::AuthRequired {
+            url: redact_url(url),
+        },
+        _ => GitError::Fetch {
+            url: redact_url(url),
+            message: scrub(&e.to_string(), &secrets),
+        },
     };
     let remote = repo
         .remote_at(url)
@@ -87,6 +155,7 @@ pub fn fetch(
     remote
         .connect(Direction::Fetch)
         .map_err(|e| fetch_err(&e))?
+        .with_credentials(answer(credentials, &log))
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(|e| fetch_err(&e))?
         .receive(gix::progress::Discard, interrupt)

@@ -52,16 +52,19 @@ pub struct Sources {
     fleet: Arc<Fleet>,
     renderers: Arc<render::Renderers>,
     git_dir: PathBuf,
+    credentials_dir: PathBuf,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     pollers: Mutex<HashMap<String, Poller>>,
 }
 
 impl Sources {
-    /// Pollers keep their mirrors under `git_dir`; they stop when `shutdown` is cancelled.
+    /// Pollers keep their mirrors under `git_dir` and read the credentials GitRepos name from
+    /// `credentials_dir`; they stop when `shutdown` is cancelled.
     pub fn new(
         fleet: Arc<Fleet>,
         git_dir: PathBuf,
+        credentials_dir: PathBuf,
         renderers: render::Renderers,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -70,6 +73,7 @@ impl Sources {
             fleet,
             renderers: Arc::new(renderers),
             git_dir,
+            credentials_dir,
             tasks,
             shutdown,
             pollers: Mutex::new(HashMap::new()),
@@ -102,6 +106,7 @@ impl Sources {
             fleet: self.fleet.clone(),
             renderers: self.renderers.clone(),
             mirror,
+            credentials_dir: self.credentials_dir.clone(),
             repo,
             current,
             cancel,
@@ -179,6 +184,7 @@ struct PollTask {
     fleet: Arc<Fleet>,
     renderers: Arc<render::Renderers>,
     mirror: PathBuf,
+    credentials_dir: PathBuf,
     repo: GitRepo,
     current: Arc<Mutex<GitRepo>>,
     /// Cancelled at shutdown or when a newer spec replaces this poller; a cancelled poller
@@ -235,9 +241,12 @@ impl PollTask {
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();
         let tags = spec.revision.is_some();
-        let url = spec.url.clone();
+        let (url, credentials_dir) = (spec.url.clone(), self.credentials_dir.clone());
         let fetch = tokio::task::spawn_blocking(move || {
-            let heads = git::fetch(&mirror, &url, &branches, tags, &flag)?;
+            // Read at every fetch: a rotated credential is used without a restart.
+            let credentials =
+                git::Credentials::for_repo(&credentials_dir, spec.credentials.as_deref())?;
+            let heads = git::fetch(&mirror, &url, credentials.as_ref(), &branches, tags, &flag)?;
             let pinned = match &spec.revision {
                 Some(rev) => Some(git::resolve(&mirror, rev)?),
                 None => None,
@@ -586,11 +595,15 @@ impl Sources {
             .map(str::to_string)
             .or_else(|| spec.revision.clone());
         let (url, m) = (spec.url.clone(), mirror.clone());
+        let (credentials_dir, credential) =
+            (self.credentials_dir.clone(), spec.credentials.clone());
         let fetched = tokio::time::timeout(
             FETCH_TIMEOUT,
             tokio::task::spawn_blocking(move || {
                 let never = AtomicBool::new(false);
-                let heads = git::fetch(&m, &url, &branches, true, &never)?;
+                let credentials =
+                    git::Credentials::for_repo(&credentials_dir, credential.as_deref())?;
+                let heads = git::fetch(&m, &url, credentials.as_ref(), &branches, true, &never)?;
                 let pinned = match &pin {
                     Some(rev) => Some(git::resolve(&m, rev)?),
                     None => None,

@@ -6,6 +6,9 @@
 //! line, then the body, which is streamed back as it is produced. Request and response bodies are
 //! copied concurrently, since upload-pack may answer before it has read everything.
 //!
+//! A private repository's requests are answered `401` with a `WWW-Authenticate: Basic`
+//! challenge, before any backend runs, unless they carry its credentials.
+//!
 //! Two headers need translating: `Git-Protocol` (protocol v2, which gix uses) becomes
 //! `HTTP_GIT_PROTOCOL`, and `Content-Encoding: gzip` (git gzips large negotiation requests)
 //! becomes `HTTP_CONTENT_ENCODING` so the backend inflates the body itself.
@@ -120,6 +123,16 @@ impl Cgi {
         let (parts, body) = request.into_parts();
         let path_info = percent_decode(parts.uri.path()).context("decoding the request path")?;
         let query = parts.uri.query().unwrap_or_default();
+        let authorization = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if !self.shared.authorized(&path_info, authorization) {
+            return Ok(Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("www-authenticate", r#"Basic realm="flotilla test git""#)
+                .body(Body::from("authentication required\n"))?);
+        }
         if is_upload_pack(&parts.method, &path_info, query) {
             self.shared.count_upload_pack();
         }
