@@ -559,6 +559,7 @@ fn content(body: &str, rev: &str) -> Arc<BundleContent> {
             .collect(),
         keep_resources: false,
         correct_drift: false,
+        compare_patches: Vec::new(),
     })
 }
 
@@ -571,6 +572,8 @@ fn ready(content: &BundleContent) -> ReportedStatus {
         state: ObjectState::Ready,
         message: String::new(),
         source: "manifests/m0.yaml#1".into(),
+        modified_fields: Vec::new(),
+        drift_corrections: 0,
     };
     ReportedStatus {
         content_hash: content.content_hash.clone(),

@@ -72,10 +72,11 @@ pub struct SourcedObject {
 }
 
 /// Per-deployment options that travel with the content to the agent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContentOptions {
     pub keep_resources: bool,
     pub correct_drift: bool,
+    pub compare_patches: Vec<crate::model::ComparePatch>,
 }
 
 /// Build a bundle from its files at `revision`. Files that are not manifests are ignored.
@@ -143,7 +144,7 @@ pub fn assemble(
         });
         manifests.push(BuiltManifest { hash, json });
     }
-    let content_hash = content_hash(default_namespace, options, &refs);
+    let content_hash = content_hash(default_namespace, &options, &refs);
     BuiltBundle {
         content: BundleContent {
             content_hash,
@@ -152,6 +153,7 @@ pub fn assemble(
             manifests: refs,
             keep_resources: options.keep_resources,
             correct_drift: options.correct_drift,
+            compare_patches: options.compare_patches,
         },
         manifests,
     }
@@ -161,7 +163,7 @@ pub fn assemble(
 /// commit that does not change a bundle does not redeploy it.
 fn content_hash(
     default_namespace: &str,
-    options: ContentOptions,
+    options: &ContentOptions,
     refs: &[ManifestRef],
 ) -> ContentHash {
     let mut text = format!("ns={default_namespace}\n");
@@ -171,6 +173,10 @@ fn content_hash(
     }
     if options.correct_drift {
         text.push_str("correct-drift\n");
+    }
+    if !options.compare_patches.is_empty() {
+        let patches = serde_json::to_string(&options.compare_patches).expect("serializable");
+        text.push_str(&format!("compare-patches={patches}\n"));
     }
     for r in refs {
         text.push_str(&r.hash.0);

@@ -320,6 +320,22 @@ pub struct BundleContent {
     /// GitRepo or fleet.yaml `correctDrift.enabled`: the agent reverts hand edits.
     #[serde(default)]
     pub correct_drift: bool,
+    /// fleet.yaml `diff.comparePatches`: fields that are not drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare_patches: Vec<ComparePatch>,
+}
+
+/// fleet.yaml `diff.comparePatches` entry: for matching objects (empty fields match any),
+/// the JSON pointers and `remove` operations whose fields are not compared for drift.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ComparePatch {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub json_pointers: Vec<String>,
+    /// RFC 6902 operations as JSON, or empty.
+    pub operations_json: String,
 }
 
 /// A bundle at its current revision, in one environment of its GitRepo.
@@ -442,6 +458,8 @@ pub enum ObjectState {
     Waiting,
     Ready,
     NotReady,
+    Modified,
+    Missing,
 }
 
 /// The status of one object of a deployment, as the agent reported it.
@@ -454,6 +472,12 @@ pub struct ObjectStatus {
     pub state: ObjectState,
     pub message: String,
     pub source: String,
+    /// Where the live object differs from what was applied (state Modified).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modified_fields: Vec<String>,
+    /// Drift the agent reverted since it started.
+    #[serde(default)]
+    pub drift_corrections: u32,
 }
 
 /// The last status an agent reported for one bundle on its cluster.

@@ -76,6 +76,7 @@ fn object_to_proto(o: ObjectStatus) -> pb::ObjectStatus {
         state: object_state_to_proto(o.state).into(),
         message: o.message,
         source: o.source,
+        ..Default::default()
     }
 }
 
@@ -144,6 +145,7 @@ mod tests {
             ],
             keep_resources: true,
             correct_drift: true,
+            compare_patches: vec![],
         });
         assert_eq!(
             d.manifests

@@ -46,6 +46,7 @@ async fn deployed(h: &mut Harness, keep_resources: bool) -> RunningAgent {
         manifests: vec![cm, web],
         keep_resources,
         correct_drift: false,
+        compare_patches: vec![],
     }))
     .await;
     h.expect("ready", |s| match s {

@@ -398,6 +398,8 @@ fn object_state_name(v: i32) -> &'static str {
         WireObjectState::Waiting => "Waiting",
         WireObjectState::Ready => "Ready",
         WireObjectState::NotReady => "NotReady",
+        WireObjectState::Modified => "Modified",
+        WireObjectState::Missing => "Missing",
     }
 }
 

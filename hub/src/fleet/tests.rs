@@ -39,6 +39,7 @@ fn bundle(repo: &str, path: &str, rev: &str, body: &str) -> Bundle {
             }],
             keep_resources: false,
             correct_drift: false,
+            compare_patches: vec![],
         })),
         error: None,
         customizations: vec![],

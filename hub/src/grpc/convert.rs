@@ -27,6 +27,18 @@ pub fn deployment(id: &BundleId, c: &BundleContent) -> wire::BundleDeployment {
             .collect(),
         keep_resources: c.keep_resources,
         correct_drift: c.correct_drift,
+        compare_patches: c
+            .compare_patches
+            .iter()
+            .map(|p| wire::ComparePatch {
+                api_version: p.api_version.clone(),
+                kind: p.kind.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                json_pointers: p.json_pointers.clone(),
+                operations_json: p.operations_json.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -67,6 +79,8 @@ fn object_state_from_wire(v: i32) -> ObjectState {
         W::Ready => ObjectState::Ready,
         W::NotReady => ObjectState::NotReady,
         W::Waiting => ObjectState::Waiting,
+        W::Modified => ObjectState::Modified,
+        W::Missing => ObjectState::Missing,
         W::Failed | W::Unspecified => ObjectState::Failed,
     }
 }
@@ -77,6 +91,8 @@ fn object_state_to_wire(s: ObjectState) -> wire::ObjectState {
         ObjectState::Applied => W::Applied,
         ObjectState::Failed => W::Failed,
         ObjectState::Waiting => W::Waiting,
+        ObjectState::Modified => W::Modified,
+        ObjectState::Missing => W::Missing,
         ObjectState::Ready => W::Ready,
         ObjectState::NotReady => W::NotReady,
     }
@@ -108,6 +124,8 @@ fn object_from_wire(o: wire::ObjectStatus) -> ObjectStatus {
         state: object_state_from_wire(o.state),
         message: o.message,
         source: o.source,
+        modified_fields: o.modified_fields,
+        drift_corrections: o.drift_corrections,
     }
 }
 
@@ -120,6 +138,8 @@ fn object_to_wire(o: &ObjectStatus) -> wire::ObjectStatus {
         state: object_state_to_wire(o.state) as i32,
         message: o.message.clone(),
         source: o.source.clone(),
+        modified_fields: o.modified_fields.clone(),
+        drift_corrections: o.drift_corrections,
     }
 }
 

@@ -505,6 +505,28 @@ async fn build_env(
                 bundle::ContentOptions {
                     keep_resources: options.keep_resources || spec.keep_resources,
                     correct_drift: options.correct_drift.enabled || spec.correct_drift,
+                    compare_patches: options
+                        .compare_patches
+                        .iter()
+                        .map(|p| crate::model::ComparePatch {
+                            api_version: p.api_version.clone(),
+                            kind: p.kind.clone(),
+                            namespace: p.namespace.clone(),
+                            name: p.name.clone(),
+                            json_pointers: p.json_pointers.clone(),
+                            operations_json: if p.operations.is_empty() {
+                                String::new()
+                            } else {
+                                serde_json::to_string(
+                                    &p.operations
+                                        .iter()
+                                        .map(|o| serde_json::json!({"op": o.op, "path": o.path, "value": o.value}))
+                                        .collect::<Vec<_>>(),
+                                )
+                                .expect("JSON values serialize")
+                            },
+                        })
+                        .collect(),
                 },
                 rendered.objects,
             );
