@@ -30,6 +30,7 @@ use crate::model::{
     Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, DeploymentState,
     GitRepoSpec, ReportedStatus, unix_now,
 };
+use crate::rollup::{Entry as RollupEntry, Rollups};
 use crate::store::{Store, StoreError};
 use crate::target::{ClusterFacts, ClusterGroup, first_match};
 
@@ -75,7 +76,6 @@ impl Placed {
     }
 }
 
-#[derive(Default)]
 struct State {
     clusters: HashMap<ClusterId, ClusterEntry>,
     names: HashMap<String, ClusterId>,
@@ -89,6 +89,9 @@ struct State {
     /// What each cluster should run.
     desired: HashMap<ClusterId, BTreeMap<BundleId, Placed>>,
     status: HashMap<(ClusterId, BundleId), ReportedStatus>,
+    rollups: Rollups,
+    /// Bumped on every change a status view may show.
+    changed: tokio::sync::watch::Sender<u64>,
     next_session: u64,
 }
 
@@ -155,7 +158,22 @@ impl Drop for Session {
 impl Fleet {
     /// Load the index from the store: the one full pass, at start-up.
     pub fn load(store: Store) -> Result<Arc<Self>, StoreError> {
-        let mut st = State::default();
+        let mut st = State {
+            clusters: HashMap::new(),
+            names: HashMap::new(),
+            repos: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+            members: HashMap::new(),
+            desired: HashMap::new(),
+            status: HashMap::new(),
+            rollups: Rollups::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+            next_session: 0,
+        };
+        for (cluster, bundle, h) in store.histories()? {
+            st.rollups.restore_history(cluster, &bundle, h);
+        }
         for r in store.repos()? {
             st.repos.insert(r.spec.name.clone(), r.spec);
         }
@@ -269,6 +287,7 @@ impl Fleet {
             .unwrap_or_default();
         for bundle in &desired {
             self.store.delete_status(id, bundle)?;
+            self.store.delete_history(id, bundle)?;
         }
         self.store.delete_cluster(id)?;
         let was_connected = entry.presence.connected;
@@ -280,7 +299,9 @@ impl Fleet {
         }
         for bundle in &desired {
             st.status.remove(&(id, bundle.clone()));
+            st.rollups.set(id, bundle, None, unix_now());
         }
+        st.changed.send_modify(|v| *v += 1);
         if let Some((_, session)) = &entry.session {
             session.cancel();
         }
@@ -632,6 +653,7 @@ impl Fleet {
                 .is_none_or(|s| s.state != DeploymentState::Ready);
         self.store.put_status(cluster, bundle, &status)?;
         st.status.insert(key, status);
+        refresh(&mut st, Some(&self.store), cluster, bundle)?;
         if became_ready {
             release_waiting(&mut st, &self.store, cluster)?;
         }
@@ -841,7 +863,7 @@ fn set_placed(
             entry.changed.notify_one();
         }
     }
-    Ok(())
+    refresh(st, Some(store), cluster, id)
 }
 
 /// Release the deployments of `cluster` whose dependencies have become Ready.
@@ -1033,6 +1055,10 @@ fn place_new(st: &mut State, cluster: ClusterId, repo: &str) {
             }
         }
     }
+    // Placement at start-up or registration writes nothing: no transition is persisted.
+    for id in &ids {
+        let _ = refresh(st, None, cluster, id);
+    }
 }
 
 /// A bundle rebuilt with the same content keeps the revision it was first built at, so
@@ -1068,12 +1094,30 @@ fn view(
     placed: &Placed,
     reported: Option<ReportedStatus>,
 ) -> DeploymentView {
-    let desired_revision = placed
+    let (state, message) = view_state(placed, reported.as_ref());
+    DeploymentView {
+        cluster: entry.cluster.id,
+        cluster_name: entry.cluster.name.clone(),
+        bundle: bundle.clone(),
+        environment: placed.env.clone(),
+        desired_revision: desired_revision(placed),
+        reported,
+        state,
+        message,
+    }
+}
+
+fn desired_revision(placed: &Placed) -> String {
+    placed
         .content
         .as_ref()
         .map(|c| c.revision.clone())
-        .unwrap_or_default();
-    let (state, mut message) = match (&placed.content, &placed.held, &reported) {
+        .unwrap_or_default()
+}
+
+/// A deployment's state and message, from what the hub wants and what the agent reported.
+fn view_state(placed: &Placed, reported: Option<&ReportedStatus>) -> (DeploymentState, String) {
+    let (state, mut message) = match (&placed.content, &placed.held, reported) {
         (None, _, _) => (
             DeploymentState::Pending,
             "no revision of this bundle has been built yet".to_string(),
@@ -1108,21 +1152,49 @@ fn view(
             format!("{message}; cannot build the newest commit: {error}{keeps}")
         };
     }
-    DeploymentView {
-        cluster: entry.cluster.id,
-        cluster_name: entry.cluster.name.clone(),
-        bundle: bundle.clone(),
-        environment: placed.env.clone(),
-        desired_revision,
-        reported,
-        state,
-        message,
+    (state, message)
+}
+
+/// Bring the rollups up to date for one deployment; a state change is a transition, kept in
+/// its history (and, with `persist`, in the store).
+fn refresh(
+    st: &mut State,
+    store: Option<&Store>,
+    cluster: ClusterId,
+    bundle: &BundleId,
+) -> Result<(), StoreError> {
+    let entry = st
+        .desired
+        .get(&cluster)
+        .and_then(|d| d.get(bundle))
+        .map(|p| {
+            let (state, message) = view_state(p, st.status.get(&(cluster, bundle.clone())));
+            RollupEntry {
+                repo: p.repo.clone(),
+                environment: p.env.clone(),
+                state,
+                message,
+                revision: desired_revision(p),
+            }
+        });
+    let gone = entry.is_none();
+    let transition = st.rollups.set(cluster, bundle, entry, unix_now());
+    if let Some(store) = store {
+        if gone {
+            store.delete_history(cluster, bundle)?;
+        } else if transition.is_some() {
+            store.put_history(cluster, bundle, &st.rollups.history(cluster, bundle))?;
+        }
     }
+    st.changed.send_modify(|v| *v += 1);
+    Ok(())
 }
 
 fn short(rev: &str) -> &str {
     &rev[..rev.len().min(12)]
 }
+
+mod views;
 
 #[cfg(test)]
 mod tests;

@@ -16,9 +16,11 @@ pub mod model;
 pub mod objects;
 pub mod pki;
 pub mod render;
+pub mod rollup;
 pub mod source;
 pub mod store;
 pub mod target;
+mod ui;
 pub mod webhook;
 
 pub use config::HubConfig;

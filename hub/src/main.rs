@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_hub::cli::{Cli, Command, LogFormat, execute};
+use flotilla_hub::cli::{Cli, Command, LogFormat, execute_frames};
 use flotilla_hub::{Hub, HubConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -11,12 +11,20 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command else {
-        let out = execute(cli).await?;
-        // The CLI binary is the one place that prints to stdout.
-        #[allow(clippy::print_stdout)]
-        {
-            print!("{out}");
-        }
+        let watching = matches!(&cli.command, Command::Status(s) if s.watch);
+        execute_frames(cli, |out| {
+            // The CLI binary is the one place that prints to stdout.
+            #[allow(clippy::print_stdout)]
+            {
+                if watching {
+                    // Clear the screen and home the cursor, as `watch` does.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{out}");
+            }
+            true
+        })
+        .await?;
         return Ok(());
     };
     init_tracing(args.log_format);

@@ -9,13 +9,14 @@ mod declarative;
 pub mod manifest;
 mod output;
 mod security;
+pub mod status;
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flotilla_proto::admin::v1 as api;
-use flotilla_proto::agent::v1::{DeploymentState as WireState, ObjectState as WireObjectState};
+use flotilla_proto::agent::v1::DeploymentState as WireState;
 use serde_json::{Value, json};
 
 use crate::config::parse_duration;
@@ -50,8 +51,8 @@ pub enum Command {
     /// Registered clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Where every bundle stands on every cluster.
-    Status(StatusArgs),
+    /// Where every change stands: the fleet, a GitRepo, a cluster or a group.
+    Status(status::StatusArgs),
     /// Create or update GitRepos and ClusterGroups from YAML (kubectl-like documents).
     Apply(declarative::ApplyArgs),
     /// Show hub objects: gitrepo, clustergroup, cluster.
@@ -211,16 +212,24 @@ pub struct OutputArgs {
     pub output: Output,
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub out: OutputArgs,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
     Json,
+}
+
+/// Run an admin command, handing what it prints to `frame`: once, or for `status --watch`
+/// once per change until `frame` returns false.
+pub async fn execute_frames(cli: Cli, mut frame: impl FnMut(String) -> bool) -> anyhow::Result<()> {
+    if let Command::Status(args) = &cli.command
+        && args.watch
+    {
+        let cred = client::read_credential(&cli.config)?;
+        let mut admin = client::connect(&cred).await?;
+        return status::watch(&mut admin, args, frame).await;
+    }
+    frame(execute(cli).await?);
+    Ok(())
 }
 
 /// Run an admin command and return what it prints.
@@ -356,16 +365,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<String> {
         Command::Agent(manifest::AgentCommand::Manifest(args)) => {
             manifest::agent_manifest(&mut admin, args).await
         }
-        Command::Status(args) => {
-            let s = admin
-                .get_status(api::GetStatusRequest {})
-                .await?
-                .into_inner();
-            Ok(match args.out.output {
-                Output::Json => pretty(&status_json(&s)),
-                Output::Table => status_table(&s),
-            })
-        }
+        Command::Status(args) => status::status(&mut admin, &args).await,
     }
 }
 
@@ -387,19 +387,6 @@ pub fn state_name(v: i32) -> &'static str {
         WireState::Modified => "Modified",
         WireState::OutOfSync => "OutOfSync",
         WireState::Missing => "Missing",
-    }
-}
-
-fn object_state_name(v: i32) -> &'static str {
-    match WireObjectState::try_from(v).unwrap_or(WireObjectState::Unspecified) {
-        WireObjectState::Unspecified => "Unknown",
-        WireObjectState::Applied => "Applied",
-        WireObjectState::Failed => "Failed",
-        WireObjectState::Waiting => "Waiting",
-        WireObjectState::Ready => "Ready",
-        WireObjectState::NotReady => "NotReady",
-        WireObjectState::Modified => "Modified",
-        WireObjectState::Missing => "Missing",
     }
 }
 
@@ -429,110 +416,4 @@ fn cluster_row(c: &api::Cluster, now: i64) -> Vec<String> {
         c.agent_version.clone(),
         c.id.clone(),
     ]
-}
-
-fn status_json(s: &api::GetStatusResponse) -> Value {
-    let mut summary = serde_json::Map::new();
-    for d in &s.deployments {
-        let n = summary.entry(state_name(d.state)).or_insert(json!(0));
-        *n = json!(n.as_u64().unwrap_or(0) + 1);
-    }
-    json!({
-        "summary": summary,
-        "clusters": s.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
-        "bundles": s.bundles.iter().map(|b| json!({"id": b.id, "gitrepo": b.gitrepo, "path": b.path,
-            "revision": b.revision, "contentHash": b.content_hash, "manifests": b.manifests, "error": b.error})).collect::<Vec<_>>(),
-        "deployments": s.deployments.iter().map(|d| json!({
-            "cluster": d.cluster_name, "clusterId": d.cluster_id, "bundle": d.bundle,
-            "environment": d.environment,
-            "state": state_name(d.state), "desiredRevision": d.desired_revision,
-            "reportedRevision": d.reported_revision, "message": d.message, "updatedAt": d.updated_at,
-            "objects": d.objects.iter().map(|o| json!({"apiVersion": o.api_version, "kind": o.kind,
-                "namespace": o.namespace, "name": o.name, "state": object_state_name(o.state),
-                "message": o.message, "source": o.source})).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn status_table(s: &api::GetStatusResponse) -> String {
-    let connected = s.clusters.iter().filter(|c| c.connected).count();
-    let ready = s
-        .deployments
-        .iter()
-        .filter(|d| d.state == WireState::Ready as i32)
-        .count();
-    let mut out = format!(
-        "{} clusters ({} connected), {} bundles, {}/{} deployments Ready\n\n",
-        s.clusters.len(),
-        connected,
-        s.bundles.len(),
-        ready,
-        s.deployments.len()
-    );
-    // Grouped by environment (GitRepo environments; `-` for GitRepos without), so a
-    // branch-per-environment fleet reads as one block per environment.
-    let mut deployments: Vec<&api::DeploymentStatus> = s.deployments.iter().collect();
-    deployments.sort_by(|a, b| {
-        (&a.environment, &a.cluster_name, &a.bundle).cmp(&(
-            &b.environment,
-            &b.cluster_name,
-            &b.bundle,
-        ))
-    });
-    let mut envs: Vec<&str> = deployments.iter().map(|d| d.environment.as_str()).collect();
-    envs.dedup();
-    if envs.iter().any(|e| !e.is_empty()) {
-        out.push_str("ENVIRONMENT  READY\n");
-        for env in &envs {
-            let of_env: Vec<_> = deployments
-                .iter()
-                .filter(|d| d.environment == *env)
-                .collect();
-            let ready = of_env
-                .iter()
-                .filter(|d| d.state == WireState::Ready as i32)
-                .count();
-            let name = if env.is_empty() { "-" } else { env };
-            out.push_str(&format!("{name:<12} {ready}/{}\n", of_env.len()));
-        }
-        out.push('\n');
-    }
-    let rows: Vec<Vec<String>> = deployments
-        .iter()
-        .map(|d| {
-            vec![
-                if d.environment.is_empty() {
-                    "-".into()
-                } else {
-                    d.environment.clone()
-                },
-                d.cluster_name.clone(),
-                d.bundle.clone(),
-                state_name(d.state).into(),
-                output::short(&d.desired_revision),
-                d.message.clone(),
-            ]
-        })
-        .collect();
-    out.push_str(&output::table(
-        &[
-            "ENVIRONMENT",
-            "CLUSTER",
-            "BUNDLE",
-            "STATE",
-            "REVISION",
-            "MESSAGE",
-        ],
-        &rows,
-    ));
-    let broken: Vec<_> = s.bundles.iter().filter(|b| !b.error.is_empty()).collect();
-    if !broken.is_empty() {
-        out.push_str(
-            "\nBundles that cannot be built from Git (their previous revision stays deployed):\n",
-        );
-        for b in broken {
-            out.push_str(&format!("  {}: {}\n", b.id, b.error));
-        }
-    }
-    out
 }

@@ -241,6 +241,77 @@ impl api::admin_server::Admin for AdminService {
             .map(Response::new)
     }
 
+    async fn status_view(
+        &self,
+        req: Request<api::StatusViewRequest>,
+    ) -> Result<Response<api::StatusViewResponse>, Status> {
+        authorize_admin(&self.0, &req)?;
+        let r = req.into_inner();
+        let fleet = &self.0.fleet;
+        let view = if !r.cluster.is_empty() {
+            fleet.cluster_view(&r.cluster, r.history).ok_or_else(|| {
+                Status::not_found(format!(
+                    "no cluster named {:?}; list them with `flotilla cluster list`",
+                    r.cluster
+                ))
+            })?
+        } else if !r.group.is_empty() {
+            fleet.group_counts(&r.group).ok_or_else(|| {
+                Status::not_found(format!(
+                    "no cluster group named {:?}; list them with `flotilla get clustergroups`",
+                    r.group
+                ))
+            })?
+        } else if !r.gitrepo.is_empty() {
+            if !self
+                .0
+                .sources
+                .repos()
+                .iter()
+                .any(|x| x.spec.name == r.gitrepo)
+            {
+                return Err(Status::not_found(format!(
+                    "no GitRepo named {:?}; list them with `flotilla get gitrepos`",
+                    r.gitrepo
+                )));
+            }
+            fleet.gitrepo_view(&r.gitrepo)
+        } else {
+            fleet.summary_view()
+        };
+        Ok(Response::new(api::StatusViewResponse {
+            json: view.to_string(),
+        }))
+    }
+
+    type WatchStatusStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<api::StatusChanged, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_status(
+        &self,
+        req: Request<api::WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        authorize_admin(&self.0, &req)?;
+        let mut changes = self.0.fleet.subscribe();
+        let shutdown = self.0.shutdown.clone();
+        let stream = async_stream_changes(&self.0.tasks, move |tx| async move {
+            loop {
+                let version = *changes.borrow_and_update();
+                if tx.send(Ok(api::StatusChanged { version })).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                // Coalesce bursts: at most a few updates a second.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
     async fn get_ca(
         &self,
         req: Request<api::GetCaRequest>,
@@ -408,4 +479,19 @@ fn validate_repo(r: api::AddGitRepoRequest, default_poll: Duration) -> Result<Gi
         };
         Status::invalid_argument(format!("{field}: {}", e.message))
     })
+}
+
+/// A stream fed by a task: `body` gets the sending half and runs until it returns or the
+/// receiver is dropped.
+fn async_stream_changes<F, Fut>(
+    tasks: &tokio_util::task::TaskTracker,
+    body: F,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::StatusChanged, Status>> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<api::StatusChanged, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tasks.spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::model::{
     Bundle, BundleId, Cluster, ClusterId, ContentHash, GitRepo, RegistrationToken, ReportedStatus,
 };
+use crate::rollup::Transition;
 use crate::target::ClusterGroup;
 
 /// Why the store could not do what was asked.
@@ -43,6 +44,7 @@ const BUNDLES: &str = "bundles";
 const MANIFESTS: &str = "manifests";
 const STATUS: &str = "status";
 const GROUPS: &str = "clustergroups";
+const HISTORY: &str = "history";
 
 /// The hub's database handle. Cheap to clone.
 #[derive(Clone)]
@@ -55,6 +57,7 @@ pub struct Store {
     manifests: sled::Tree,
     status: sled::Tree,
     groups: sled::Tree,
+    history: sled::Tree,
 }
 
 impl Store {
@@ -90,6 +93,7 @@ impl Store {
             manifests: db.open_tree(MANIFESTS)?,
             status: db.open_tree(STATUS)?,
             groups: db.open_tree(GROUPS)?,
+            history: db.open_tree(HISTORY)?,
             db,
         })
     }
@@ -222,24 +226,51 @@ impl Store {
         self.status.remove(status_key(cluster, bundle))?;
         Ok(())
     }
+    /// A deployment's last transitions.
+    pub fn put_history(
+        &self,
+        cluster: ClusterId,
+        bundle: &BundleId,
+        h: &[Transition],
+    ) -> Result<()> {
+        put(&self.history, &status_key(cluster, bundle), &h)
+    }
+    pub fn delete_history(&self, cluster: ClusterId, bundle: &BundleId) -> Result<()> {
+        self.history.remove(status_key(cluster, bundle))?;
+        Ok(())
+    }
+    /// Every stored history, with the deployment it belongs to.
+    pub fn histories(&self) -> Result<Vec<(ClusterId, BundleId, Vec<Transition>)>> {
+        per_deployment(&self.history, HISTORY)
+    }
+
     /// Every stored status, with the deployment it belongs to.
     pub fn statuses(&self) -> Result<Vec<(ClusterId, BundleId, ReportedStatus)>> {
-        let mut out = Vec::new();
-        for item in self.status.iter() {
-            let (k, v) = item?;
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let Some((c, b)) = key.split_once('\0') else {
-                continue;
-            };
-            let Ok(cluster) = c.parse() else { continue };
-            out.push((
-                ClusterId(cluster),
-                BundleId(b.to_string()),
-                decode(STATUS, &k, &v)?,
-            ));
-        }
-        Ok(out)
+        per_deployment(&self.status, STATUS)
     }
+}
+
+/// Every value of a tree keyed by [`status_key`], with the deployment it belongs to; keys of
+/// another shape are skipped.
+fn per_deployment<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+) -> Result<Vec<(ClusterId, BundleId, T)>> {
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let key = String::from_utf8_lossy(&k).into_owned();
+        let Some((c, b)) = key.split_once('\0') else {
+            continue;
+        };
+        let Ok(cluster) = c.parse() else { continue };
+        out.push((
+            ClusterId(cluster),
+            BundleId(b.to_string()),
+            decode(name, &k, &v)?,
+        ));
+    }
+    Ok(out)
 }
 
 /// Bundles of a GitRepo without environments keep the key they always had.

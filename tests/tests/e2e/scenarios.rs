@@ -162,10 +162,15 @@ async fn register_then_first_apply() -> anyhow::Result<()> {
             .unwrap()
             .starts_with('v')
     );
-    let table = fleet.cli(&["status"]).await?;
+    let table = fleet.cli(&["status", "cluster", "east"]).await?;
     assert!(
         table.contains("east") && table.contains("apps/app") && table.contains("Ready"),
         "{table}"
+    );
+    let summary = fleet.cli(&["status"]).await?;
+    assert!(
+        summary.contains("1 clusters (1 connected), 1 deployments: 1 Ready"),
+        "{summary}"
     );
     Ok(())
 }
