@@ -247,6 +247,15 @@ fn commits(b: &mut Bench) {
         &mut samples,
         &note,
     );
+    // The transitions those commits queued (Ready -> OutOfSync), written as the hub's
+    // upkeep task does once a second, outside the index lock.
+    let mut flush = Vec::new();
+    timed(&mut flush, || b.fleet.flush_history()).expect("history");
+    row(
+        "flush_history after them (one batch)",
+        &mut flush,
+        "",
+    );
 }
 
 /// Move one cluster between environments and back.
@@ -312,6 +321,21 @@ fn views(b: &Bench) -> usize {
         rows.sort_by(|x, y| (&x.cluster_name, &x.bundle).cmp(&(&y.cluster_name, &y.bundle)))
     });
     row("  of which sorting the rows", &mut sort, "");
+    for (what, view) in [
+        ("summary_view() (fleet at a glance, rollups)", 0),
+        ("gitrepo_view(apps)", 1),
+        ("cluster_view(c00000, with history)", 2),
+    ] {
+        let mut samples = Vec::new();
+        for _ in 0..20 {
+            timed(&mut samples, || match view {
+                0 => b.fleet.summary_view(),
+                1 => b.fleet.gitrepo_view("apps"),
+                _ => b.fleet.cluster_view("c00000", true).expect("cluster"),
+            });
+        }
+        row(what, &mut samples, "");
+    }
     lock_hold(b);
     n
 }

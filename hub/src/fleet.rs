@@ -22,15 +22,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, DeploymentState,
+    Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, ContentHash, DeploymentState,
     GitRepoSpec, ReportedStatus, unix_now,
 };
-use crate::rollup::{Entry as RollupEntry, Rollups};
+use crate::rollup::{Entry as RollupEntry, HISTORY, Rollups, Transition};
 use crate::store::{Store, StoreError};
 use crate::target::{ClusterFacts, ClusterGroup, first_match};
 
@@ -90,6 +91,16 @@ struct State {
     desired: HashMap<ClusterId, BTreeMap<BundleId, Placed>>,
     status: HashMap<(ClusterId, BundleId), ReportedStatus>,
     rollups: Rollups,
+    /// Transitions (None: a deployment gone) not yet written to the store; written by
+    /// [`Fleet::flush_history`], outside the index lock.
+    history: Vec<(ClusterId, BundleId, Option<Transition>)>,
+    /// Deployments sent a new content and not yet Ready with it: the content hash and since
+    /// when (the commit's fetch). Holds only what is in flight.
+    in_flight: HashMap<(ClusterId, BundleId), (ContentHash, Instant)>,
+    /// Seconds from commit to Ready, not yet taken by [`Fleet::take_ready_latencies`].
+    ready_latencies: Vec<f64>,
+    /// While a commit is being placed: when it was first seen.
+    origin: Option<Instant>,
     /// Bumped on every change a status view may show.
     changed: tokio::sync::watch::Sender<u64>,
     next_session: u64,
@@ -168,12 +179,13 @@ impl Fleet {
             desired: HashMap::new(),
             status: HashMap::new(),
             rollups: Rollups::default(),
+            history: Vec::new(),
+            in_flight: HashMap::new(),
+            ready_latencies: Vec::new(),
+            origin: None,
             changed: tokio::sync::watch::Sender::new(0),
             next_session: 0,
         };
-        for (cluster, bundle, h) in store.histories()? {
-            st.rollups.restore_history(cluster, &bundle, h);
-        }
         for r in store.repos()? {
             st.repos.insert(r.spec.name.clone(), r.spec);
         }
@@ -287,7 +299,6 @@ impl Fleet {
             .unwrap_or_default();
         for bundle in &desired {
             self.store.delete_status(id, bundle)?;
-            self.store.delete_history(id, bundle)?;
         }
         self.store.delete_cluster(id)?;
         let was_connected = entry.presence.connected;
@@ -300,6 +311,7 @@ impl Fleet {
         for bundle in &desired {
             st.status.remove(&(id, bundle.clone()));
             st.rollups.set(id, bundle, None, unix_now());
+            st.history.push((id, bundle.clone(), None));
         }
         st.changed.send_modify(|v| *v += 1);
         if let Some((_, session)) = &entry.session {
@@ -515,7 +527,32 @@ impl Fleet {
         env: &str,
         bundles: Vec<Bundle>,
     ) -> Result<(), StoreError> {
+        self.set_repo_bundles_seen(repo, env, bundles, Instant::now())
+    }
+
+    /// [`Fleet::set_repo_bundles`] for a commit first seen at `seen` (when the fetch that
+    /// found it began): commit-to-Ready latency counts from there.
+    pub fn set_repo_bundles_seen(
+        &self,
+        repo: &str,
+        env: &str,
+        bundles: Vec<Bundle>,
+        seen: Instant,
+    ) -> Result<(), StoreError> {
         let mut st = self.write();
+        st.origin = Some(seen);
+        let result = self.place_repo_bundles(&mut st, repo, env, bundles);
+        st.origin = None;
+        result
+    }
+
+    fn place_repo_bundles(
+        &self,
+        st: &mut State,
+        repo: &str,
+        env: &str,
+        bundles: Vec<Bundle>,
+    ) -> Result<(), StoreError> {
         let key: EnvKey = (repo.to_string(), env.to_string());
         let old = st.bundles.get(&key).cloned().unwrap_or_default();
         let mut changed: Vec<BundleId> = Vec::new();
@@ -560,10 +597,10 @@ impl Fleet {
             .unwrap_or_default();
         for cluster in members {
             for id in &changed {
-                let placed = place_bundle(&st, cluster, &key, id);
-                set_placed(&mut st, &self.store, cluster, id, placed)?;
+                let placed = place_bundle(st, cluster, &key, id);
+                set_placed(st, &self.store, cluster, id, placed)?;
             }
-            release_waiting(&mut st, &self.store, cluster)?;
+            release_waiting(st, &self.store, cluster)?;
         }
         Ok(())
     }
@@ -652,12 +689,64 @@ impl Fleet {
                 .get(&key)
                 .is_none_or(|s| s.state != DeploymentState::Ready);
         self.store.put_status(cluster, bundle, &status)?;
+        if status.state == DeploymentState::Ready
+            && st
+                .in_flight
+                .get(&key)
+                .is_some_and(|(hash, _)| *hash == status.content_hash)
+            && let Some((_, since)) = st.in_flight.remove(&key)
+        {
+            st.ready_latencies.push(since.elapsed().as_secs_f64());
+        }
         st.status.insert(key, status);
-        refresh(&mut st, Some(&self.store), cluster, bundle)?;
+        refresh(&mut st, true, cluster, bundle);
         if became_ready {
             release_waiting(&mut st, &self.store, cluster)?;
         }
         Ok(true)
+    }
+
+    /// Write the queued transitions to the store, outside the index lock. The hub calls it
+    /// every second; a history view calls it first.
+    pub fn flush_history(&self) -> Result<(), StoreError> {
+        let queued = std::mem::take(&mut self.write().history);
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let written = self.store.write_history(&queued, HISTORY);
+        if written.is_err() {
+            // Keep them, in order, for the next try.
+            let mut st = self.write();
+            let newer = std::mem::replace(&mut st.history, queued);
+            st.history.extend(newer);
+        }
+        written
+    }
+
+    /// Commit-to-Ready latencies (seconds) observed since the last call, for the metrics.
+    pub fn take_ready_latencies(&self) -> Vec<f64> {
+        std::mem::take(&mut self.write().ready_latencies)
+    }
+
+    /// Clusters connected now, and deployments by state, for the metrics.
+    pub fn gauges(&self) -> (usize, crate::rollup::Counts) {
+        let st = self.read();
+        let connected = st
+            .clusters
+            .values()
+            .filter(|e| e.presence.connected)
+            .count();
+        (connected, st.rollups.counts(&crate::rollup::Scope::Fleet))
+    }
+
+    /// A deployment's last transitions, oldest first, including those not flushed yet.
+    pub fn history(
+        &self,
+        cluster: ClusterId,
+        bundle: &BundleId,
+    ) -> Result<Vec<Transition>, StoreError> {
+        self.flush_history()?;
+        self.store.history(cluster, bundle)
     }
 
     /// Every cluster with its presence, by name.
@@ -854,6 +943,16 @@ fn set_placed(
     if gone && st.status.remove(&(cluster, id.clone())).is_some() {
         store.delete_status(cluster, id)?;
     }
+    match &after_sent {
+        Some(hash) if before_sent.as_ref() != Some(hash) => {
+            let since = st.origin.unwrap_or_else(Instant::now);
+            st.in_flight.insert((cluster, id.clone()), (hash.clone(), since));
+        }
+        Some(_) => {}
+        None => {
+            st.in_flight.remove(&(cluster, id.clone()));
+        }
+    }
     if before_sent != after_sent
         && let Some(entry) = st.clusters.get_mut(&cluster)
     {
@@ -863,7 +962,8 @@ fn set_placed(
             entry.changed.notify_one();
         }
     }
-    refresh(st, Some(store), cluster, id)
+    refresh(st, true, cluster, id);
+    Ok(())
 }
 
 /// Release the deployments of `cluster` whose dependencies have become Ready.
@@ -1057,7 +1157,7 @@ fn place_new(st: &mut State, cluster: ClusterId, repo: &str) {
     }
     // Placement at start-up or registration writes nothing: no transition is persisted.
     for id in &ids {
-        let _ = refresh(st, None, cluster, id);
+        refresh(st, false, cluster, id);
     }
 }
 
@@ -1155,39 +1255,24 @@ fn view_state(placed: &Placed, reported: Option<&ReportedStatus>) -> (Deployment
     (state, message)
 }
 
-/// Bring the rollups up to date for one deployment; a state change is a transition, kept in
-/// its history (and, with `persist`, in the store).
-fn refresh(
-    st: &mut State,
-    store: Option<&Store>,
-    cluster: ClusterId,
-    bundle: &BundleId,
-) -> Result<(), StoreError> {
+/// Bring the rollups up to date for one deployment. A change of state or revision is a
+/// transition, queued for the store when `persist` (placement at start-up replays what is
+/// already there and records nothing).
+fn refresh(st: &mut State, persist: bool, cluster: ClusterId, bundle: &BundleId) {
     let entry = st
         .desired
         .get(&cluster)
         .and_then(|d| d.get(bundle))
         .map(|p| {
             let (state, message) = view_state(p, st.status.get(&(cluster, bundle.clone())));
-            RollupEntry {
-                repo: p.repo.clone(),
-                environment: p.env.clone(),
-                state,
-                message,
-                revision: desired_revision(p),
-            }
+            RollupEntry::new(&p.repo, &p.env, state, message, &desired_revision(p))
         });
     let gone = entry.is_none();
     let transition = st.rollups.set(cluster, bundle, entry, unix_now());
-    if let Some(store) = store {
-        if gone {
-            store.delete_history(cluster, bundle)?;
-        } else if transition.is_some() {
-            store.put_history(cluster, bundle, &st.rollups.history(cluster, bundle))?;
-        }
+    if persist && (gone || transition.is_some()) {
+        st.history.push((cluster, bundle.clone(), transition));
     }
     st.changed.send_modify(|v| *v += 1);
-    Ok(())
 }
 
 fn short(rev: &str) -> &str {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::config::HubConfig;
 use crate::fleet::Fleet;
@@ -150,6 +150,7 @@ impl Hub {
         let tasks = TaskTracker::new();
         let sources = Arc::new(Sources::new(
             self.fleet.clone(),
+            self.metrics.clone(),
             self.config.data_dir.join("git"),
             self.config.credentials_dir.clone(),
             self.config.renderers.clone(),
@@ -159,6 +160,10 @@ impl Hub {
         for repo in self.store.repos()? {
             sources.watch(repo)?;
         }
+        tasks.spawn(
+            fleet_upkeep(self.fleet.clone(), self.metrics.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("fleet_upkeep")),
+        );
         let ctx = Arc::new(crate::grpc::Context {
             fleet: self.fleet.clone(),
             pki: self.pki.clone(),
@@ -207,6 +212,27 @@ impl Hub {
         match http.await {
             Ok(Err(e)) => Err(HubError::Http(e)),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Once a second: write the queued deployment transitions to the store (outside the index
+/// lock, in one batch) and bring the fleet's metrics up to date. A last pass at shutdown.
+async fn fleet_upkeep(fleet: Arc<Fleet>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        if let Err(e) = fleet.flush_history() {
+            warn!(error = %e, "could not write deployment history; it will be retried");
+        }
+        let (connected, states) = fleet.gauges();
+        metrics.observe_fleet(connected, &states, &fleet.take_ready_latencies());
+        if stopping {
+            return;
         }
     }
 }

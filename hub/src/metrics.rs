@@ -8,9 +8,14 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::rollup::{Counts, STATES};
+
 type Labels = Vec<(&'static str, &'static str)>;
+/// Labels whose values come from users (GitRepo names): few, but not a closed set.
+type OwnedLabels = Vec<(&'static str, String)>;
 
 /// Why the hub refused a caller. Each refusal is also an audit log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +79,16 @@ pub struct Metrics {
     pub clusters: Gauge,
     /// Push webhooks received, by provider and outcome.
     webhooks: Family<Labels, Counter>,
+    /// Clusters with a live stream now.
+    connected: Gauge,
+    /// Bundle deployments by state, from the fleet's rollups.
+    deployments: Family<Labels, Gauge>,
+    /// Seconds from the fetch that found a commit to a deployment Ready with its content.
+    commit_to_ready: Histogram,
+    /// Seconds per Git fetch.
+    git_fetch: Histogram,
+    /// Failed Git fetches, by GitRepo.
+    git_fetch_errors: Family<OwnedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +101,38 @@ impl Default for Metrics {
         let certificates = Family::default();
         let clusters = Gauge::default();
         let webhooks = Family::default();
+        let connected = Gauge::default();
+        let deployments = Family::default();
+        // 0.25 s .. ~17 min: a rollout to a large fleet takes minutes, a small one seconds.
+        let commit_to_ready = Histogram::new(exponential_buckets(0.25, 2.0, 13));
+        // 10 ms .. ~2.7 min (fetches time out at a few minutes).
+        let git_fetch = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        let git_fetch_errors = Family::default();
+        registry.register(
+            "clusters_connected",
+            "Clusters with a live agent stream",
+            connected.clone(),
+        );
+        registry.register(
+            "deployments",
+            "Bundle deployments by state (Fleet's states)",
+            deployments.clone(),
+        );
+        registry.register(
+            "commit_to_ready_seconds",
+            "From the fetch that found a commit to a bundle deployment Ready with it",
+            commit_to_ready.clone(),
+        );
+        registry.register(
+            "git_fetch_duration_seconds",
+            "Duration of Git fetches, successful or not",
+            git_fetch.clone(),
+        );
+        registry.register(
+            "git_fetch_errors",
+            "Failed Git fetches, by GitRepo",
+            git_fetch_errors.clone(),
+        );
         registry.register("agent_streams", "Agent streams open now", streams.clone());
         registry.register(
             "agent_streams_opened",
@@ -122,6 +169,11 @@ impl Default for Metrics {
             certificates,
             clusters,
             webhooks,
+            connected,
+            deployments,
+            commit_to_ready,
+            git_fetch,
+            git_fetch_errors,
         }
     }
 }
@@ -151,6 +203,31 @@ impl Metrics {
         self.certificates.get_or_create(&vec![("kind", kind)]).inc();
     }
 
+    /// The fleet's figures: clusters connected now, deployments by state (every state, zeros
+    /// included, so a state that empties reads 0 rather than vanishing), and the
+    /// commit-to-Ready latencies observed since the last call.
+    pub fn observe_fleet(&self, connected: usize, states: &Counts, ready_latencies: &[f64]) {
+        self.connected.set(connected as i64);
+        for s in STATES {
+            self.deployments
+                .get_or_create(&vec![("state", s.as_str())])
+                .set(i64::from(states.get(s)));
+        }
+        for l in ready_latencies {
+            self.commit_to_ready.observe(*l);
+        }
+    }
+
+    /// One Git fetch of GitRepo `repo`, how long it took and whether it failed.
+    pub fn git_fetch(&self, repo: &str, seconds: f64, failed: bool) {
+        self.git_fetch.observe(seconds);
+        if failed {
+            self.git_fetch_errors
+                .get_or_create(&vec![("gitrepo", repo.to_string())])
+                .inc();
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -176,5 +253,32 @@ mod tests {
         );
         assert!(text.contains("flotilla_agent_streams 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn fleet_figures_cover_every_state_and_the_latency_histogram() {
+        use crate::model::{BundleId, ClusterId, DeploymentState};
+        use crate::rollup::{Entry, Rollups, Scope};
+        let m = Metrics::default();
+        let mut r = Rollups::default();
+        let c = ClusterId::new();
+        let e = |s| Some(Entry::new("apps", "prod", s, String::new(), "c1"));
+        r.set(c, &BundleId("apps/a".into()), e(DeploymentState::Ready), 0);
+        r.set(c, &BundleId("apps/b".into()), e(DeploymentState::NotReady), 0);
+        m.observe_fleet(1, &r.counts(&Scope::Fleet), &[0.3, 1.5]);
+        m.git_fetch("apps", 0.02, true);
+        let text = m.render();
+        for line in [
+            "flotilla_clusters_connected 1",
+            "flotilla_deployments{state=\"Ready\"} 1",
+            "flotilla_deployments{state=\"NotReady\"} 1",
+            "flotilla_deployments{state=\"Missing\"} 0",
+            "flotilla_commit_to_ready_seconds_count 2",
+            "flotilla_commit_to_ready_seconds_bucket{le=\"0.5\"} 1",
+            "flotilla_git_fetch_duration_seconds_count 1",
+            "flotilla_git_fetch_errors_total{gitrepo=\"apps\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

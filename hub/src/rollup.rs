@@ -1,11 +1,17 @@
 //! Rollups: deployment counts by state per GitRepo, bundle, cluster, environment and for the
-//! whole fleet, the deployments that are not Ready, and each deployment's last transitions.
+//! whole fleet, and the deployments that are not Ready with why.
 //!
 //! Maintained incrementally: the fleet index calls [`Rollups::set`] whenever one deployment's
 //! state may have changed, and only that deployment's scopes move. Reading a rollup never
-//! scans deployments. Pure: no I/O, no locks.
+//! scans deployments. A change of state or revision is a [`Transition`], which the caller
+//! keeps in the store (history is not held in memory: at 500,000 deployments it would cost
+//! hundreds of MiB for something read one cluster at a time). Pure: no I/O, no locks.
+//!
+//! Memory: one [`Entry`] per deployment; GitRepo, environment and revision strings are
+//! shared (interned), so an entry costs its key, a few pointers and its message.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,11 +101,30 @@ pub struct Transition {
 /// Where one deployment is counted, and its current state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    pub repo: String,
-    pub environment: String,
+    pub repo: Arc<str>,
+    pub environment: Arc<str>,
     pub state: DeploymentState,
     pub message: String,
-    pub revision: String,
+    pub revision: Arc<str>,
+}
+
+impl Entry {
+    /// An entry whose strings are not shared yet ([`Rollups::set`] interns them).
+    pub fn new(
+        repo: &str,
+        environment: &str,
+        state: DeploymentState,
+        message: String,
+        revision: &str,
+    ) -> Self {
+        Entry {
+            repo: repo.into(),
+            environment: environment.into(),
+            state,
+            message,
+            revision: revision.into(),
+        }
+    }
 }
 
 /// The rollups of a fleet.
@@ -109,19 +134,29 @@ pub struct Rollups {
     entries: HashMap<(ClusterId, BundleId), Entry>,
     /// Deployments not Ready, for "which clusters are not Ready and why".
     unhealthy: BTreeSet<(ClusterId, BundleId)>,
-    history: HashMap<(ClusterId, BundleId), VecDeque<Transition>>,
+    /// GitRepo, environment and revision strings, one copy each. Grows by one revision per
+    /// commit seen; a few MiB after years of commits.
+    strings: HashSet<Arc<str>>,
 }
 
 impl Rollups {
     fn scopes(cluster: ClusterId, bundle: &BundleId, e: &Entry) -> [Scope; 6] {
         [
             Scope::Fleet,
-            Scope::GitRepo(e.repo.clone()),
+            Scope::GitRepo(e.repo.to_string()),
             Scope::Bundle(bundle.clone()),
             Scope::Cluster(cluster),
-            Scope::Environment(e.environment.clone()),
-            Scope::Cell(e.environment.clone(), bundle.clone()),
+            Scope::Environment(e.environment.to_string()),
+            Scope::Cell(e.environment.to_string(), bundle.clone()),
         ]
+    }
+
+    fn intern(&mut self, s: &Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return shared.clone();
+        }
+        self.strings.insert(s.clone());
+        s.clone()
     }
 
     fn count(&mut self, cluster: ClusterId, bundle: &BundleId, e: &Entry, n: i64) {
@@ -134,8 +169,8 @@ impl Rollups {
         }
     }
 
-    /// Set one deployment's entry (None: it is gone). Returns the transition recorded, if
-    /// the state or the revision changed.
+    /// Set one deployment's entry (None: it is gone). Returns the transition, if the state
+    /// or the revision changed (a deployment seen for the first time is one too).
     pub fn set(
         &mut self,
         cluster: ClusterId,
@@ -151,46 +186,31 @@ impl Rollups {
         if let Some(o) = &old {
             self.count(cluster, bundle, o, -1);
         }
-        let Some(e) = entry else {
+        let Some(mut e) = entry else {
             self.entries.remove(&key);
             self.unhealthy.remove(&key);
-            self.history.remove(&key);
             return None;
         };
+        e.repo = self.intern(&e.repo);
+        e.environment = self.intern(&e.environment);
+        e.revision = self.intern(&e.revision);
         self.count(cluster, bundle, &e, 1);
         if e.state == DeploymentState::Ready {
             self.unhealthy.remove(&key);
         } else {
             self.unhealthy.insert(key.clone());
         }
-        let last = self.history.get(&key).and_then(|h| h.back());
-        let changed = match &old {
-            Some(o) => o.state != e.state || o.revision != e.revision,
-            // First sight (start-up): a transition only if the restored history ends elsewhere.
-            None => last.is_none_or(|t| t.state != e.state || t.revision != e.revision),
-        };
-        self.entries.insert(key.clone(), e.clone());
-        if !changed {
-            return None;
-        }
-        let t = Transition {
+        let changed = old
+            .as_ref()
+            .is_none_or(|o| o.state != e.state || o.revision != e.revision);
+        let t = changed.then(|| Transition {
             at: now,
             state: e.state,
-            revision: e.revision,
-            message: e.message,
-        };
-        let h = self.history.entry(key).or_default();
-        h.push_back(t.clone());
-        while h.len() > HISTORY {
-            h.pop_front();
-        }
-        Some(t)
-    }
-
-    /// Restore a deployment's history (at start-up).
-    pub fn restore_history(&mut self, cluster: ClusterId, bundle: &BundleId, h: Vec<Transition>) {
-        self.history
-            .insert((cluster, bundle.clone()), h.into_iter().collect());
+            revision: e.revision.to_string(),
+            message: e.message.clone(),
+        });
+        self.entries.insert(key, e);
+        t
     }
 
     /// The counts of one scope.
@@ -232,14 +252,6 @@ impl Rollups {
         (out, total)
     }
 
-    /// A deployment's last transitions, oldest first.
-    pub fn history(&self, cluster: ClusterId, bundle: &BundleId) -> Vec<Transition> {
-        self.history
-            .get(&(cluster, bundle.clone()))
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
     /// A deployment's entry.
     pub fn entry(&self, cluster: ClusterId, bundle: &BundleId) -> Option<&Entry> {
         self.entries.get(&(cluster, bundle.clone()))
@@ -251,13 +263,7 @@ mod tests {
     use super::*;
 
     fn entry(repo: &str, env: &str, state: DeploymentState, rev: &str) -> Option<Entry> {
-        Some(Entry {
-            repo: repo.into(),
-            environment: env.into(),
-            state,
-            message: format!("{state:?}"),
-            revision: rev.into(),
-        })
+        Some(Entry::new(repo, env, state, format!("{state:?}"), rev))
     }
 
     #[test]
@@ -287,7 +293,7 @@ mod tests {
             r.counts(&Scope::Cell("dev".into(), web.clone())).by_name(),
             BTreeMap::from([("NotReady", 1)])
         );
-        let (bad, total) = r.unhealthy(|_, _, e| e.environment == "dev", 10);
+        let (bad, total) = r.unhealthy(|_, _, e| &*e.environment == "dev", 10);
         assert_eq!((bad.len(), total, bad[0].0), (1, 1, b));
         // Gone: every scope forgets it.
         r.set(b, &web, None, 3);
@@ -297,25 +303,26 @@ mod tests {
     }
 
     #[test]
-    fn history_keeps_the_last_transitions() {
+    fn a_transition_is_a_change_of_state_or_revision() {
         use DeploymentState::*;
         let mut r = Rollups::default();
         let c = ClusterId::new();
         let b = BundleId("r/app".into());
-        for i in 0..15 {
-            let state = if i % 2 == 0 { Ready } else { NotReady };
-            assert!(
-                r.set(c, &b, entry("r", "", state, &format!("c{i}")), i)
-                    .is_some()
-            );
-        }
+        let first = r.set(c, &b, entry("r", "", Pending, "c1"), 1);
+        assert_eq!(first.map(|t| (t.state, t.at)), Some((Pending, 1)));
+        assert!(r.set(c, &b, entry("r", "", Ready, "c1"), 2).is_some());
         // Same state and revision, new message: no transition.
-        let mut same = entry("r", "", Ready, "c14").unwrap();
+        let mut same = entry("r", "", Ready, "c1").unwrap();
         same.message = "other".into();
-        assert!(r.set(c, &b, Some(same), 20).is_none());
-        let h = r.history(c, &b);
-        assert_eq!(h.len(), HISTORY);
-        assert_eq!(h.last().map(|t| t.revision.as_str()), Some("c14"));
-        assert_eq!(h.first().map(|t| t.at), Some(5));
+        assert!(r.set(c, &b, Some(same), 3).is_none());
+        let moved = r.set(c, &b, entry("r", "", Ready, "c2"), 4);
+        assert_eq!(moved.map(|t| t.revision), Some("c2".to_string()));
+        // Strings are shared between deployments.
+        let other = BundleId("r/db".into());
+        r.set(c, &other, entry("r", "", Ready, "c2"), 5);
+        assert!(Arc::ptr_eq(
+            &r.entry(c, &b).unwrap().revision,
+            &r.entry(c, &other).unwrap().revision
+        ));
     }
 }

@@ -524,3 +524,73 @@ fn a_commit_touches_only_the_clusters_of_its_environment() {
     f.remove_repo("p").unwrap();
     assert!(runs(&f, &prod).is_empty());
 }
+
+#[test]
+fn transitions_reach_the_store_and_commit_to_ready_is_measured_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let east = cluster("east");
+    let app = BundleId::new("r", "app");
+    {
+        let f = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        f.store()
+            .put_repo(&crate::model::GitRepo {
+                spec: spec("r"),
+                status: Default::default(),
+            })
+            .unwrap();
+        f.set_repo(spec("r")).unwrap();
+        f.add_cluster(east.clone()).unwrap();
+        let b1 = bundle("r", "app", "c1", "v1");
+        let c1 = b1.content.clone().unwrap();
+        let seen = Instant::now() - std::time::Duration::from_secs(2);
+        f.set_repo_bundles_seen("r", "", vec![b1], seen).unwrap();
+        f.record_status(east.id, &app, report(&c1, DeploymentState::NotReady))
+            .unwrap();
+        assert!(f.take_ready_latencies().is_empty(), "not Ready yet");
+        f.record_status(east.id, &app, report(&c1, DeploymentState::Ready))
+            .unwrap();
+        let l = f.take_ready_latencies();
+        assert!(l.len() == 1 && l[0] >= 2.0, "{l:?}");
+        // Ready again (after a NotReady) is not a new commit.
+        f.record_status(east.id, &app, report(&c1, DeploymentState::NotReady))
+            .unwrap();
+        f.record_status(east.id, &app, report(&c1, DeploymentState::Ready))
+            .unwrap();
+        assert!(f.take_ready_latencies().is_empty());
+        let (connected, states) = f.gauges();
+        assert_eq!((connected, states.get(DeploymentState::Ready)), (0, 1));
+
+        f.set_repo_bundles("r", "", vec![bundle("r", "app", "c2", "v2")])
+            .unwrap();
+        let h: Vec<_> = f
+            .history(east.id, &app)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.state, t.revision))
+            .collect();
+        use DeploymentState::*;
+        let c = |s: &str| s.to_string();
+        assert_eq!(
+            h,
+            [
+                (Pending, c("c1")),
+                (NotReady, c("c1")),
+                (Ready, c("c1")),
+                (NotReady, c("c1")),
+                (Ready, c("c1")),
+                (OutOfSync, c("c2")),
+            ]
+        );
+        // The view reads it from the store too.
+        let v = f.cluster_view("east", true).unwrap();
+        assert_eq!(v["deployments"][0]["history"][5]["state"], "OutOfSync");
+    }
+    // After a restart the history is still there and nothing is appended for what was known.
+    let f = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+    f.flush_history().unwrap();
+    assert_eq!(f.history(east.id, &app).unwrap().len(), 6);
+    // A cluster deleted takes its history along.
+    f.delete_cluster(east.id).unwrap();
+    f.flush_history().unwrap();
+    assert!(f.store().history(east.id, &app).unwrap().is_empty());
+}

@@ -170,7 +170,7 @@ impl Fleet {
                 _ => None,
             })
             .collect();
-        let (not_ready, total) = r.unhealthy(|_, _, e| e.repo == name, NOT_READY_LIMIT);
+        let (not_ready, total) = r.unhealthy(|_, _, e| &*e.repo == name, NOT_READY_LIMIT);
         json!({
             "name": name,
             "total": counts.total(),
@@ -186,6 +186,9 @@ impl Fleet {
     /// One cluster: every deployment with its objects and, with `history`, its last
     /// transitions. None if there is no such cluster.
     pub fn cluster_view(&self, name: &str, history: bool) -> Option<Value> {
+        if history && let Err(e) = self.flush_history() {
+            tracing::warn!(error = %e, "could not write deployment history to the store");
+        }
         let st = self.read();
         let id = *st.names.get(name)?;
         let entry = st.clusters.get(&id)?;
@@ -221,10 +224,13 @@ impl Fleet {
                     "objects": objects,
                 });
                 if history {
+                    // Read from the store: history is not held in memory.
+                    let h = self.store.history(id, bundle).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "could not read deployment history");
+                        Vec::new()
+                    });
                     d["history"] = json!(
-                        st.rollups
-                            .history(id, bundle)
-                            .iter()
+                        h.iter()
                             .map(|t| json!({"at": t.at, "state": t.state.as_str(),
                             "revision": t.revision, "message": t.message}))
                             .collect::<Vec<_>>()

@@ -21,6 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bundle;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::model::{
     Bundle, BundleId, Customization, Dependency, GitRepo, GitRepoSpec, GitRepoStatus, redact_url,
     unix_now,
@@ -56,6 +57,7 @@ pub struct Sources {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     pollers: Mutex<HashMap<String, Poller>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sources {
@@ -63,6 +65,7 @@ impl Sources {
     /// `credentials_dir`; they stop when `shutdown` is cancelled.
     pub fn new(
         fleet: Arc<Fleet>,
+        metrics: Arc<Metrics>,
         git_dir: PathBuf,
         credentials_dir: PathBuf,
         renderers: render::Renderers,
@@ -71,6 +74,7 @@ impl Sources {
     ) -> Self {
         Self {
             fleet,
+            metrics,
             renderers: Arc::new(renderers),
             git_dir,
             credentials_dir,
@@ -104,6 +108,7 @@ impl Sources {
         let mirror = self.git_dir.join(format!("{name}.git"));
         let task = PollTask {
             fleet: self.fleet.clone(),
+            metrics: self.metrics.clone(),
             renderers: self.renderers.clone(),
             mirror,
             credentials_dir: self.credentials_dir.clone(),
@@ -182,6 +187,7 @@ impl Sources {
 
 struct PollTask {
     fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
     renderers: Arc<render::Renderers>,
     mirror: PathBuf,
     credentials_dir: PathBuf,
@@ -242,6 +248,7 @@ impl PollTask {
         let flag = interrupt.clone();
         let tags = spec.revision.is_some();
         let (url, credentials_dir) = (spec.url.clone(), self.credentials_dir.clone());
+        let started = std::time::Instant::now();
         let fetch = tokio::task::spawn_blocking(move || {
             // Read at every fetch: a rotated credential is used without a restart.
             let credentials =
@@ -264,6 +271,11 @@ impl PollTask {
                 })
             }
         };
+        self.metrics.git_fetch(
+            &self.repo.spec.name,
+            started.elapsed().as_secs_f64(),
+            fetched.is_err(),
+        );
         let (heads, pinned) = match fetched {
             Ok(c) => c,
             Err(e) => {
@@ -299,7 +311,7 @@ impl PollTask {
                 Ok((bundles, w)) => {
                     warnings.extend(w);
                     self.fleet
-                        .set_repo_bundles(&self.repo.spec.name, env, bundles)?;
+                        .set_repo_bundles_seen(&self.repo.spec.name, env, bundles, started)?;
                     info!(env = %env, commit = %commit, "gitrepo synced");
                 }
                 Err(e) => {

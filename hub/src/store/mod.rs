@@ -226,22 +226,54 @@ impl Store {
         self.status.remove(status_key(cluster, bundle))?;
         Ok(())
     }
-    /// A deployment's last transitions.
-    pub fn put_history(
+    /// Apply queued history changes in order: a transition is appended to its deployment's
+    /// history (unless it repeats the last one's state and revision, as after a restart) and
+    /// the oldest dropped beyond `keep`; `None` forgets the deployment's history.
+    pub fn write_history(
         &self,
-        cluster: ClusterId,
-        bundle: &BundleId,
-        h: &[Transition],
+        changes: &[(ClusterId, BundleId, Option<Transition>)],
+        keep: usize,
     ) -> Result<()> {
-        put(&self.history, &status_key(cluster, bundle), &h)
-    }
-    pub fn delete_history(&self, cluster: ClusterId, bundle: &BundleId) -> Result<()> {
-        self.history.remove(status_key(cluster, bundle))?;
+        let mut batch: std::collections::HashMap<Vec<u8>, Option<Vec<Transition>>> =
+            std::collections::HashMap::new();
+        for (cluster, bundle, change) in changes {
+            let key = status_key(*cluster, bundle);
+            let Some(t) = change else {
+                batch.insert(key, None);
+                continue;
+            };
+            let mut h = match batch.remove(&key) {
+                Some(h) => h.unwrap_or_default(),
+                None => self.read_history(&key)?,
+            };
+            if h.last().is_none_or(|l| l.state != t.state || l.revision != t.revision) {
+                h.push(t.clone());
+            }
+            let excess = h.len().saturating_sub(keep);
+            h.drain(..excess);
+            batch.insert(key, Some(h));
+        }
+        let mut b = sled::Batch::default();
+        for (key, h) in batch {
+            match h {
+                Some(h) => b.insert(key, serde_json::to_vec(&h).expect("model types serialize")),
+                None => b.remove(key),
+            }
+        }
+        self.history.apply_batch(b)?;
         Ok(())
     }
-    /// Every stored history, with the deployment it belongs to.
-    pub fn histories(&self) -> Result<Vec<(ClusterId, BundleId, Vec<Transition>)>> {
-        per_deployment(&self.history, HISTORY)
+
+    /// A deployment's last transitions, oldest first.
+    pub fn history(&self, cluster: ClusterId, bundle: &BundleId) -> Result<Vec<Transition>> {
+        self.read_history(&status_key(cluster, bundle))
+    }
+
+    fn read_history(&self, key: &[u8]) -> Result<Vec<Transition>> {
+        match self.history.get(key)? {
+            Some(v) => decode(HISTORY, key, &v),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Every stored status, with the deployment it belongs to.
