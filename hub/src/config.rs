@@ -36,6 +36,9 @@ pub struct HubConfig {
     /// `kubectl` and `helm`, and the limits bundles render under. Its scratch directory
     /// defaults to `<data-dir>/render`.
     pub renderers: crate::render::Renderers,
+    /// Serve the read-only status page and its JSON views on the HTTP port (`crate::ui`);
+    /// `flotilla serve --no-ui` turns them off.
+    pub ui: bool,
 }
 
 /// A webhook secret; never printed.
@@ -75,6 +78,7 @@ impl HubConfig {
                 scratch: data_dir.join("render"),
                 ..Default::default()
             },
+            ui: true,
         }
     }
 

@@ -1,9 +1,13 @@
-//! The hub's plain-HTTP port: `/healthz`, `/readyz`, `/metrics` and the push webhooks
-//! (`/webhooks/github`, `/webhooks/gitlab`, each delivery verified against the webhook secret),
-//! apart from the gRPC port so that probes, Prometheus and Git hosts need no client certificate.
+//! The hub's plain-HTTP port: `/healthz`, `/readyz`, `/metrics`, the push webhooks
+//! (`/webhooks/github`, `/webhooks/gitlab`, each delivery verified against the webhook secret)
+//! and, unless `--no-ui`, the read-only status page and its JSON views (`crate::ui`), apart
+//! from the gRPC port so that probes, Prometheus, Git hosts and browsers need no client
+//! certificate.
 //!
-//! Nothing here reveals fleet data beyond counts: bind it where only the kubelet and the
-//! monitoring system can reach it.
+//! Nothing here changes the fleet or reveals a secret, but the status page shows cluster
+//! names, labels, bundle names and agents' messages to anyone who reaches the port: bind it
+//! where only the kubelet, the monitoring system and the operators can reach it, or turn the
+//! page off with `--no-ui`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +31,7 @@ pub struct Probe {
 }
 
 /// Serve the probe and metrics endpoints on `listener` until `shutdown`.
-/// `extra` is merged in: the webhook endpoints.
+/// `extra` is merged in: the webhook endpoints and the status page.
 pub async fn serve(
     listener: TcpListener,
     probe: Probe,

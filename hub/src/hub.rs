@@ -190,10 +190,15 @@ impl Hub {
                 self.metrics.clone(),
             )
         };
+        let extra = if self.config.ui {
+            hooks.merge(crate::ui::router(self.fleet.clone(), shutdown.clone()))
+        } else {
+            hooks
+        };
         let http = tasks.spawn(crate::http::serve(
             self.http_listener,
             probe,
-            hooks,
+            extra,
             shutdown.clone(),
         ));
         let served = crate::grpc::serve(ctx, self.listener, self.tls, shutdown.clone()).await;

@@ -20,7 +20,7 @@ pub mod rollup;
 pub mod source;
 pub mod store;
 pub mod target;
-mod ui;
+pub mod ui;
 pub mod webhook;
 
 pub use config::HubConfig;

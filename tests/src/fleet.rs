@@ -111,6 +111,11 @@ impl TestFleet {
         Ok(())
     }
 
+    /// The base URL of the hub's plain-HTTP port (probes, metrics, webhooks, status page).
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.hub.as_ref().expect("hub running").http)
+    }
+
     /// GET `path` from the hub's plain-HTTP port; returns the status code and the body.
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

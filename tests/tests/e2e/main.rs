@@ -10,3 +10,4 @@ mod rotation;
 mod scenarios;
 mod security;
 mod targeting;
+mod web;
