@@ -251,11 +251,7 @@ fn commits(b: &mut Bench) {
     // upkeep task does once a second, outside the index lock.
     let mut flush = Vec::new();
     timed(&mut flush, || b.fleet.flush_history()).expect("history");
-    row(
-        "flush_history after them (one batch)",
-        &mut flush,
-        "",
-    );
+    row("flush_history after them (one batch)", &mut flush, "");
 }
 
 /// Move one cluster between environments and back.

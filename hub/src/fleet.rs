@@ -28,8 +28,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, ContentHash, DeploymentState,
-    GitRepoSpec, ReportedStatus, unix_now,
+    Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, ContentHash,
+    DeploymentState, GitRepoSpec, ReportedStatus, unix_now,
 };
 use crate::rollup::{Entry as RollupEntry, HISTORY, Rollups, Transition};
 use crate::store::{Store, StoreError};
@@ -946,7 +946,8 @@ fn set_placed(
     match &after_sent {
         Some(hash) if before_sent.as_ref() != Some(hash) => {
             let since = st.origin.unwrap_or_else(Instant::now);
-            st.in_flight.insert((cluster, id.clone()), (hash.clone(), since));
+            st.in_flight
+                .insert((cluster, id.clone()), (hash.clone(), since));
         }
         Some(_) => {}
         None => {

@@ -264,7 +264,12 @@ mod tests {
         let c = ClusterId::new();
         let e = |s| Some(Entry::new("apps", "prod", s, String::new(), "c1"));
         r.set(c, &BundleId("apps/a".into()), e(DeploymentState::Ready), 0);
-        r.set(c, &BundleId("apps/b".into()), e(DeploymentState::NotReady), 0);
+        r.set(
+            c,
+            &BundleId("apps/b".into()),
+            e(DeploymentState::NotReady),
+            0,
+        );
         m.observe_fleet(1, &r.counts(&Scope::Fleet), &[0.3, 1.5]);
         m.git_fetch("apps", 0.02, true);
         let text = m.render();

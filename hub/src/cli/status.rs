@@ -121,15 +121,17 @@ fn env_name(v: &Value) -> String {
     }
 }
 
+/// "2 ErrApplied, 4 Ready": counts by state, worst first.
 fn counts(v: &Value) -> String {
-    v.as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, n)| format!("{n} {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+    crate::rollup::STATES
+        .iter()
+        .rev()
+        .filter_map(|st| {
+            let n = v[st.as_str()].as_u64().filter(|n| *n > 0)?;
+            Some(format!("{n} {}", st.as_str()))
         })
-        .unwrap_or_default()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ready(v: &Value) -> String {

@@ -310,8 +310,12 @@ impl PollTask {
                 Ok(_) if self.cancel.is_cancelled() => return Ok(()),
                 Ok((bundles, w)) => {
                     warnings.extend(w);
-                    self.fleet
-                        .set_repo_bundles_seen(&self.repo.spec.name, env, bundles, started)?;
+                    self.fleet.set_repo_bundles_seen(
+                        &self.repo.spec.name,
+                        env,
+                        bundles,
+                        started,
+                    )?;
                     info!(env = %env, commit = %commit, "gitrepo synced");
                 }
                 Err(e) => {

@@ -246,7 +246,9 @@ impl Store {
                 Some(h) => h.unwrap_or_default(),
                 None => self.read_history(&key)?,
             };
-            if h.last().is_none_or(|l| l.state != t.state || l.revision != t.revision) {
+            if h.last()
+                .is_none_or(|l| l.state != t.state || l.revision != t.revision)
+            {
                 h.push(t.clone());
             }
             let excess = h.len().saturating_sub(keep);

@@ -9,5 +9,6 @@ mod install;
 mod rotation;
 mod scenarios;
 mod security;
+mod status;
 mod targeting;
 mod web;
