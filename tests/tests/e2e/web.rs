@@ -188,6 +188,18 @@ async fn status_page_follows_a_failure_and_its_recovery_live() -> anyhow::Result
         )
         .await?;
 
+    // The list of clusters links every cluster, healthy ones too.
+    browser.click(r#"header nav a[href="/clusters"]"#).await?;
+    let list = browser
+        .wait_until(
+            "the cluster list",
+            "var t = document.getElementById('clusters'); return t ? t.innerText : null;",
+        )
+        .await?;
+    let list = list.as_str().unwrap_or_default();
+    assert!(list.contains("prod-1") && list.contains("stg-1"), "{list}");
+    assert!(!list.contains("disconnected"), "{list}");
+
     // A cluster the hub does not know: a page that says what to do.
     browser
         .open(&format!("{}/clusters/west", fleet.http_url()))
