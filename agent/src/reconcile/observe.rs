@@ -11,6 +11,10 @@
 //!
 //! *Invariant:* only objects of the current content are looked at; the agent's own prune
 //! deletes are of objects the content no longer has, so they are never taken for Missing.
+//!
+//! Known gap: what is watched is what a run of this process applied. After an agent restart
+//! the hub does not resend the contents the agent holds, so their objects are watched again
+//! only from their next content (the last reported status stays on the hub meanwhile).
 
 use std::sync::Arc;
 
