@@ -60,6 +60,10 @@ pub struct Args {
     /// Kubeconfig file; default: the in-cluster service account, else the default kubeconfig.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 0.0.0.0:9090
+    /// [default: off].
+    #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -139,6 +143,7 @@ impl Args {
                 .kubeconfig
                 .map_or(KubeSource::Infer, KubeSource::Kubeconfig),
             backoff: BackoffConfig::default(),
+            metrics_addr: self.metrics_addr,
         })
     }
 }
@@ -230,5 +235,9 @@ mod tests {
             "{err}"
         );
         assert!(parse(&["--label", "novalue"], &[]).is_err());
+        assert_eq!(c.metrics_addr, None, "metrics are off unless asked for");
+        let c = parse(&["--metrics-addr", "0.0.0.0:9090"], &[]).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9090".parse().unwrap()));
+        assert!(parse(&["--metrics-addr", "nine"], &[]).is_err());
     }
 }

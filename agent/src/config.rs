@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub kube: KubeSource,
     /// Reconnect and retry pacing.
     pub backoff: BackoffConfig,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None` (the default): nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -70,6 +72,7 @@ impl fmt::Debug for AgentConfig {
             .field("bootstrap_secret", &self.bootstrap_secret)
             .field("kube", &self.kube)
             .field("backoff", &self.backoff)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -87,6 +90,7 @@ impl Default for AgentConfig {
             bootstrap_secret: None,
             kube: KubeSource::Infer,
             backoff: BackoffConfig::default(),
+            metrics_addr: None,
         }
     }
 }

@@ -38,9 +38,18 @@
 //!   with the stored key after an expiry.
 //! - `reconcile`: one worker per deployment id; an apply run and prune; on removal, prune or
 //!   (fleet.yaml `keepResources`) release: objects left on the cluster without ownership marks.
+//!   Between runs each worker watches its objects (`reconcile::observe`, fed by
+//!   `reconcile::route`): health, drift (Modified, or reverted with `correctDrift`), Missing.
 //! - `plan`, `status`, `model`: pure decisions and domain types, tested without a cluster.
+//!   `status::summarize` rolls objects up: ErrApplied > WaitApplied > Missing > Modified >
+//!   NotReady > Ready, with the first such object's message.
+//! - `health`: *pure*: whether an applied object is ready, from its kind's own signals.
+//! - `drift`: *pure*: fingerprints of live objects (status and server metadata left out) and
+//!   the fields where a dry-run apply and the live object differ, minus `diff.comparePatches`.
 //! - `cluster`: *Boundary:* the only kube-rs user. API calls with retries, discovery,
-//!   apply/delete, inventory ConfigMaps, the identity Secret.
+//!   apply (and its dry run)/delete, inventory ConfigMaps, the identity Secret, and one watch
+//!   per resource type the agent owns (`cluster::watch`).
+//! - `metrics`: Prometheus metrics and their HTTP server (`--metrics-addr`, off by default).
 //! - `backoff`: exponential backoff with full jitter.
 //!
 //! # Data flow
@@ -48,6 +57,11 @@
 //! `reconcile` worker (latest desired wins) → `cluster` (inventory widened, objects applied,
 //! CRDs awaited, leftovers pruned, inventory narrowed) → `status::StatusBoard` (coalesced) →
 //! `hub_client` (`StatusReport`, changes only).
+//!
+//! Afterwards: `cluster::watch` (one `watcher` per owned type, managed-by label) →
+//! `reconcile::route` (by the `flotilla.dev/deployment-id` annotation) → the worker's
+//! `Observed` (health; a changed fingerprint → GET + `dryRun=All` apply → drift) →
+//! `status::StatusBoard`.
 //!
 //! # Identity lifecycle
 //! Registered once with a token (from `--token` or the bootstrap Secret); renewed on the live
@@ -66,9 +80,12 @@ mod backoff;
 mod bootstrap;
 mod cluster;
 mod config;
+mod drift;
 mod error;
+mod health;
 mod hub_client;
 mod identity;
+mod metrics;
 mod model;
 mod plan;
 mod reconcile;
@@ -93,6 +110,7 @@ use bootstrap::BootstrapSecret;
 use cluster::Cluster;
 use hub_client::{Credentials, HubClient, ManifestCache, Recovery};
 use identity::IdentityStore;
+use metrics::Metrics;
 use reconcile::Reconciler;
 use status::StatusBoard;
 
@@ -115,6 +133,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     // Err means a provider is already installed (by main, a test, or an earlier run): fine.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     validate(&config)?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            AgentError::Config(format!(
+                "cannot serve metrics on {addr}: {e}; pass another --metrics-addr or leave it out"
+            ))
+        })?),
+        None => None,
+    };
     let cluster = Cluster::connect(&config.kube, &config.namespace).await?;
     let store = IdentityStore::new(&config.identity, &cluster);
     let bootstrap = config
@@ -159,9 +185,22 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         );
     }
     let board = Arc::new(StatusBoard::default());
+    let metrics = Arc::new(Metrics::default());
+    if let Some(listener) = metrics_listener {
+        info!(addr = ?listener.local_addr().ok(), "serving metrics");
+        let serve = metrics::serve(
+            listener,
+            metrics.clone(),
+            board.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        );
+        tracker.spawn(serve.instrument(info_span!("metrics")));
+    }
     let reconciler = Reconciler::new(
         cluster.clone(),
         board.clone(),
+        metrics,
         config.backoff,
         tracker.clone(),
         shutdown.clone(),

@@ -32,10 +32,28 @@ pub(crate) struct Deployment {
     /// prune of an object that a new content of the same deployment no longer lists.
     #[serde(default)]
     pub keep_resources: bool,
-    /// `correctDrift.enabled`: revert changes made by hand to owned objects. Carried and
-    /// recorded only; drift correction itself comes later.
+    /// `correctDrift.enabled`: revert changes made by hand to owned objects (and re-create
+    /// deleted ones) as soon as they are seen, instead of reporting them.
     #[serde(default)]
     pub correct_drift: bool,
+    /// fleet.yaml `diff.comparePatches`: fields that are not drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare_patches: Vec<ComparePatch>,
+}
+
+/// A fleet.yaml `diff.comparePatches` entry: for objects matching every non-empty field, the
+/// fields that are not compared for drift.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ComparePatch {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// JSON pointers (RFC 6901): a difference at or under one is not drift.
+    pub json_pointers: Vec<String>,
+    /// The paths of its RFC 6902 `remove` operations, taken off both sides before comparing.
+    pub removed: Vec<String>,
 }
 
 /// The hub no longer wants a deployment on this cluster.
@@ -67,7 +85,7 @@ pub(crate) struct Desired {
 
 /// Names one Kubernetes object. Two references denote the same object when group, kind,
 /// namespace and name agree: the version is only how we spoke to it (see [`ObjectRef::same_object`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ObjectRef {
     pub api_version: String,
@@ -137,35 +155,53 @@ pub(crate) struct HeldDeployment {
     pub content_hash: String,
 }
 
-/// Outcome for one object of a deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Outcome for one object of a deployment. An applied object is `Ready` or `NotReady` by its
+/// kind's health rules (`health`), unless it drifted (`Modified`) or went away (`Missing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum ObjectState {
-    /// Server-side apply succeeded.
-    Applied,
     /// The API server refused it (or it could not be sent); the message says why.
     Failed,
     /// Not applied yet.
+    #[default]
     Waiting,
+    /// Applied and healthy.
+    Ready,
+    /// Applied, not healthy (yet); the message says why.
+    NotReady,
+    /// Changed on the cluster since it was applied; `modified_fields` names where.
+    Modified,
+    /// Deleted from the cluster by someone else since it was applied.
+    Missing,
 }
 
 /// One object's line in a status report.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ObjectStatus {
     pub object: ObjectRef,
     pub source: String,
     pub state: ObjectState,
     pub message: String,
+    /// JSON pointers of the fields that drifted, when `Modified`.
+    pub modified_fields: Vec<String>,
+    /// Drift reverted (correctDrift) while this agent runs.
+    pub drift_corrections: u32,
 }
 
-/// The state of one deployment on this cluster. The health states of the wire enum
-/// (`NOT_READY`, `MODIFIED`, `MISSING`) come with per-kind health checks, later.
+/// The state of one deployment on this cluster, from the worst of its objects (see
+/// `status::summarize` for the order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DeploymentState {
     /// Being applied.
     WaitApplied,
     /// At least one object failed.
     ErrApplied,
-    /// Every object applied.
+    /// An object was deleted from the cluster.
+    Missing,
+    /// An object was changed on the cluster.
+    Modified,
+    /// Applied, and some object is not healthy.
+    NotReady,
+    /// Applied, and every object is healthy.
     Ready,
 }
 

@@ -168,12 +168,16 @@ pub(crate) fn mark_owned(obj: &mut Value, deployment_id: &str) {
     annotations.insert(DEPLOYMENT_ID_ANNOTATION.into(), deployment_id.into());
 }
 
-/// Whether a live object carries this deployment's ownership annotation.
-pub(crate) fn is_owned_by(live: &Value, deployment_id: &str) -> bool {
+/// The deployment id in a live object's ownership annotation, if any.
+pub(crate) fn owner(live: &Value) -> Option<&str> {
     live.pointer("/metadata/annotations")
         .and_then(|a| a.get(DEPLOYMENT_ID_ANNOTATION))
         .and_then(Value::as_str)
-        == Some(deployment_id)
+}
+
+/// Whether a live object carries this deployment's ownership annotation.
+pub(crate) fn is_owned_by(live: &Value, deployment_id: &str) -> bool {
+    owner(live) == Some(deployment_id)
 }
 
 /// The JSON merge patch (RFC 7386) that releases `live`: it takes off the ownership marks

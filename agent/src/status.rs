@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::model::{Deployment, DeploymentState, DeploymentStatus, ObjectState, ObjectStatus};
 
-/// The message of a failed object as the deployment shows it: `<source>: <Kind>/<name>: <why>`.
+/// The message of an object as the deployment shows it: `<source>: <Kind>/<name>: <why>`.
 pub(crate) fn failure_message(o: &ObjectStatus) -> String {
     format!(
         "{}: {}/{}: {}",
@@ -20,21 +20,47 @@ pub(crate) fn failure_message(o: &ObjectStatus) -> String {
     )
 }
 
+/// The deployment state an object's state calls for; `None` for a ready object.
+fn demands(state: ObjectState) -> Option<DeploymentState> {
+    match state {
+        ObjectState::Failed => Some(DeploymentState::ErrApplied),
+        ObjectState::Waiting => Some(DeploymentState::WaitApplied),
+        ObjectState::Missing => Some(DeploymentState::Missing),
+        ObjectState::Modified => Some(DeploymentState::Modified),
+        ObjectState::NotReady => Some(DeploymentState::NotReady),
+        ObjectState::Ready => None,
+    }
+}
+
+/// Severity of a deployment state, highest first: `ErrApplied` > `WaitApplied` > `Missing` >
+/// `Modified` > `NotReady` > `Ready`.
+fn severity(state: DeploymentState) -> u8 {
+    match state {
+        DeploymentState::ErrApplied => 5,
+        DeploymentState::WaitApplied => 4,
+        DeploymentState::Missing => 3,
+        DeploymentState::Modified => 2,
+        DeploymentState::NotReady => 1,
+        DeploymentState::Ready => 0,
+    }
+}
+
 /// Adds up object outcomes (in bundle order) into a deployment status.
 ///
-/// Any failure makes the deployment `ErrApplied` with the first failure's message; any object
-/// still waiting makes it `WaitApplied`; otherwise every object applied and it is `Ready`.
-/// `Ready` here means *applied*: per-kind health checks (a Deployment's rollout, a Job's
-/// completion) come later and will turn applied objects into ready / not-ready ones, adding
-/// the `NotReady` state — this function is where that rule goes.
+/// The deployment takes the most severe state any object calls for (see [`severity`]), and
+/// the message of the first object in that state: `<source>: <Kind>/<name>: <why>` (empty
+/// while objects merely wait to be applied). With every object ready it is `Ready`.
 pub(crate) fn summarize(deployment: &Deployment, objects: Vec<ObjectStatus>) -> DeploymentStatus {
-    let first_failure = objects.iter().find(|o| o.state == ObjectState::Failed);
-    let (state, message) = match first_failure {
-        Some(o) => (DeploymentState::ErrApplied, failure_message(o)),
-        None if objects.iter().any(|o| o.state == ObjectState::Waiting) => {
-            (DeploymentState::WaitApplied, String::new())
-        }
+    let worst = objects
+        .iter()
+        .filter_map(|o| demands(o.state).map(|s| (s, o)))
+        // `max_by_key` keeps the last of equals: reverse so the first in bundle order wins.
+        .rev()
+        .max_by_key(|(s, _)| severity(*s));
+    let (state, message) = match worst {
         None => (DeploymentState::Ready, String::new()),
+        Some((DeploymentState::WaitApplied, _)) => (DeploymentState::WaitApplied, String::new()),
+        Some((state, o)) => (state, failure_message(o)),
     };
     DeploymentStatus {
         deployment_id: deployment.deployment_id.clone(),
@@ -119,6 +145,19 @@ impl StatusBoard {
         }
     }
 
+    /// How many objects of the latest statuses are in each state (states with none left out).
+    pub fn object_counts(&self) -> Vec<(ObjectState, usize)> {
+        let b = self.lock();
+        let mut counts: Vec<(ObjectState, usize)> = Vec::new();
+        for o in b.latest.values().flat_map(|s| &s.objects) {
+            match counts.iter_mut().find(|(s, _)| *s == o.state) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((o.state, 1)),
+            }
+        }
+        counts
+    }
+
     /// Resolves once something was published since the last call (or right away if so).
     pub async fn changed(&self) {
         self.changed.notified().await;
@@ -151,6 +190,7 @@ mod tests {
             source: format!("app/{name}.yaml#0"),
             state,
             message: message.into(),
+            ..ObjectStatus::default()
         }
     }
 
@@ -158,7 +198,7 @@ mod tests {
     fn all_applied_is_ready() {
         let s = summarize(
             &deployment("d", "h"),
-            vec![object("ConfigMap", "a", ObjectState::Applied, "")],
+            vec![object("ConfigMap", "a", ObjectState::Ready, "")],
         );
         assert_eq!((s.state, s.message.as_str()), (DeploymentState::Ready, ""));
         assert_eq!(
@@ -172,7 +212,7 @@ mod tests {
         let s = summarize(
             &deployment("d", "h"),
             vec![
-                object("ConfigMap", "a", ObjectState::Applied, ""),
+                object("ConfigMap", "a", ObjectState::Ready, ""),
                 object(
                     "Deployment",
                     "Bad_Name",
@@ -192,11 +232,47 @@ mod tests {
     }
 
     #[test]
+    fn the_most_severe_state_wins_with_its_first_object() {
+        use ObjectState::*;
+        let table: &[(&[ObjectState], DeploymentState, &str)] = &[
+            (&[Ready, Modified, NotReady], DeploymentState::Modified, "b"),
+            (
+                &[NotReady, Missing, Modified],
+                DeploymentState::Missing,
+                "b",
+            ),
+            (&[NotReady, NotReady], DeploymentState::NotReady, "a"),
+            (&[Missing, Waiting], DeploymentState::WaitApplied, ""),
+            (
+                &[Waiting, Failed, Missing],
+                DeploymentState::ErrApplied,
+                "b",
+            ),
+            (&[Modified, Missing, Missing], DeploymentState::Missing, "b"),
+            (&[Ready, Ready], DeploymentState::Ready, ""),
+        ];
+        for (states, want, first) in table {
+            let objects = states
+                .iter()
+                .zip(["a", "b", "c"])
+                .map(|(&st, name)| object("Deployment", name, st, "why"))
+                .collect();
+            let s = summarize(&deployment("d", "h"), objects);
+            let expected = if first.is_empty() {
+                String::new()
+            } else {
+                format!("app/{first}.yaml#0: Deployment/{first}: why")
+            };
+            assert_eq!((s.state, s.message), (*want, expected), "{states:?}");
+        }
+    }
+
+    #[test]
     fn waiting_objects_mean_still_applying() {
         let s = summarize(
             &deployment("d", "h"),
             vec![
-                object("ConfigMap", "a", ObjectState::Applied, ""),
+                object("ConfigMap", "a", ObjectState::Ready, ""),
                 object("Secret", "b", ObjectState::Waiting, ""),
             ],
         );
@@ -212,7 +288,7 @@ mod tests {
         ));
         board.publish(summarize(
             &deployment("a", "h1"),
-            vec![object("Secret", "x", ObjectState::Applied, "")],
+            vec![object("Secret", "x", ObjectState::Ready, "")],
         ));
         board.publish(summarize(&deployment("b", "h9"), vec![]));
         let sent = board.take_pending();
@@ -224,7 +300,7 @@ mod tests {
         );
         board.publish(summarize(
             &deployment("a", "h1"),
-            vec![object("Secret", "x", ObjectState::Applied, "")],
+            vec![object("Secret", "x", ObjectState::Ready, "")],
         ));
         assert!(
             board.take_pending().is_empty(),

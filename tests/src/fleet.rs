@@ -339,6 +339,7 @@ impl TestFleet {
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(500),
             },
+            metrics_addr: None,
         })
     }
 

@@ -25,7 +25,8 @@ fn collection(r: &Resolved, namespace: &str) -> String {
 }
 
 impl Cluster {
-    /// Server-side applies one object (its namespace already settled).
+    /// Server-side applies one object (its namespace already settled); returns the object as
+    /// the server now holds it.
     pub async fn apply_object(
         &self,
         r: &Resolved,
@@ -33,12 +34,28 @@ impl Cluster {
         name: &str,
         body: &Value,
         retry: Retry,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Value, ApiError> {
         let request = Request::new(collection(r, namespace));
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.call(retry, || request.patch(name, &params, &Patch::Apply(body)))
+        self.call_json(retry, || request.patch(name, &params, &Patch::Apply(body)))
             .await
-            .map(drop)
+    }
+
+    /// What [`Cluster::apply_object`] would make of the object (`dryRun=All`: defaulting,
+    /// admission and ownership run, nothing is stored).
+    pub async fn dry_run_apply(
+        &self,
+        r: &Resolved,
+        namespace: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let request = Request::new(collection(r, namespace));
+        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        self.call_json(Retry::Transient, || {
+            request.patch(name, &params, &Patch::Apply(body))
+        })
+        .await
     }
 
     /// Reads one object; `None` when it does not exist.

@@ -173,7 +173,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Deployment, ManifestRef, ObjectRef};
+    use crate::model::{ComparePatch, Deployment, ManifestRef, ObjectRef};
 
     fn inventory() -> Inventory {
         Inventory {
@@ -192,6 +192,11 @@ mod tests {
                 }],
                 keep_resources: true,
                 correct_drift: true,
+                compare_patches: vec![ComparePatch {
+                    kind: "Deployment".into(),
+                    json_pointers: vec!["/spec/replicas".into()],
+                    ..ComparePatch::default()
+                }],
             }),
             objects: vec![ObjectRef {
                 api_version: "v1".into(),

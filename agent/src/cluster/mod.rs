@@ -7,13 +7,15 @@
 //! - `discovery`: kind → resource and scope, cached, never guessed;
 //! - `apply`: server-side apply, prune deletes, namespaces, waiting for CRDs;
 //! - `inventory`: what each deployment owns, one ConfigMap per deployment;
-//! - `secret_store`: the identity Secret, and the bootstrap Secret's token removal.
+//! - `secret_store`: the identity Secret, and the bootstrap Secret's token removal;
+//! - `watch`: one watch per resource type the agent owns, as plain JSON observations.
 
 mod apply;
 mod discovery;
 mod inventory;
 mod request;
 mod secret_store;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +26,12 @@ use serde_json::Value;
 
 pub(crate) use discovery::Resolved;
 pub(crate) use request::{ApiError, Retry};
+pub(crate) use watch::{Observation, OwnedWatches};
 
 use crate::config::KubeSource;
 use crate::error::AgentError;
 
-/// No single API call may hang longer than this (the agent never watches).
+/// No single API call may hang longer than this; watches ask the server to end them sooner.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A handle on the cluster: client, discovery cache and the agent's namespace. Cheap to clone.

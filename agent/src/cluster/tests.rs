@@ -45,6 +45,20 @@ async fn apply_is_a_forced_server_side_apply_by_flotilla() {
     assert!(patch.target.contains("force=true"), "{}", patch.target);
     assert_eq!(patch.content_type, "application/apply-patch+yaml");
     assert_eq!(patch.json(), body);
+    // A dry run is the same apply with `dryRun=All`.
+    cluster.dry_run_apply(&r, "web", "c", &body).await.unwrap();
+    let dry = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .nth(1)
+        .unwrap();
+    assert!(
+        dry.target.contains("dryRun=All") && dry.target.contains("force=true"),
+        "{}",
+        dry.target
+    );
+    assert_eq!((dry.path(), dry.json()), (patch.path(), body.clone()));
     // Discovery was asked once; the second lookup is cached.
     cluster.resolve("v1", "Namespace").await.unwrap().unwrap();
     assert_eq!(
@@ -246,3 +260,4 @@ async fn the_server_version_is_its_git_version() {
         "v1.32.3"
     );
 }
+

@@ -4,8 +4,8 @@ use flotilla_proto::agent::v1 as pb;
 
 use super::renewal::Issued;
 use crate::model::{
-    Deployment, DeploymentState, DeploymentStatus, HeldDeployment, ManifestRef, ObjectState,
-    ObjectStatus, Removal,
+    ComparePatch, Deployment, DeploymentState, DeploymentStatus, HeldDeployment, ManifestRef,
+    ObjectState, ObjectStatus, Removal,
 };
 
 pub(super) fn deployment_from_proto(d: pb::BundleDeployment) -> Deployment {
@@ -25,6 +25,38 @@ pub(super) fn deployment_from_proto(d: pb::BundleDeployment) -> Deployment {
             .collect(),
         keep_resources: d.keep_resources,
         correct_drift: d.correct_drift,
+        compare_patches: d
+            .compare_patches
+            .into_iter()
+            .map(compare_patch_from_proto)
+            .collect(),
+    }
+}
+
+/// Keeps the paths of the `remove` operations: other operations say nothing about what is
+/// drift. Operations that do not parse are dropped with a warning (the hub checked them).
+fn compare_patch_from_proto(p: pb::ComparePatch) -> ComparePatch {
+    let operations: Vec<serde_json::Value> = if p.operations_json.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(&p.operations_json).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring unreadable comparePatches operations");
+            Vec::new()
+        })
+    };
+    let removed = operations
+        .iter()
+        .filter(|o| o.get("op").and_then(serde_json::Value::as_str) == Some("remove"))
+        .filter_map(|o| o.get("path").and_then(serde_json::Value::as_str))
+        .map(str::to_owned)
+        .collect();
+    ComparePatch {
+        api_version: p.api_version,
+        kind: p.kind,
+        namespace: p.namespace,
+        name: p.name,
+        json_pointers: p.json_pointers,
+        removed,
     }
 }
 
@@ -55,15 +87,21 @@ fn deployment_state_to_proto(s: DeploymentState) -> pb::DeploymentState {
     match s {
         DeploymentState::WaitApplied => pb::DeploymentState::WaitApplied,
         DeploymentState::ErrApplied => pb::DeploymentState::ErrApplied,
+        DeploymentState::NotReady => pb::DeploymentState::NotReady,
+        DeploymentState::Modified => pb::DeploymentState::Modified,
+        DeploymentState::Missing => pb::DeploymentState::Missing,
         DeploymentState::Ready => pb::DeploymentState::Ready,
     }
 }
 
 fn object_state_to_proto(s: ObjectState) -> pb::ObjectState {
     match s {
-        ObjectState::Applied => pb::ObjectState::Applied,
         ObjectState::Failed => pb::ObjectState::Failed,
         ObjectState::Waiting => pb::ObjectState::Waiting,
+        ObjectState::Ready => pb::ObjectState::Ready,
+        ObjectState::NotReady => pb::ObjectState::NotReady,
+        ObjectState::Modified => pb::ObjectState::Modified,
+        ObjectState::Missing => pb::ObjectState::Missing,
     }
 }
 
@@ -76,7 +114,8 @@ fn object_to_proto(o: ObjectStatus) -> pb::ObjectStatus {
         state: object_state_to_proto(o.state).into(),
         message: o.message,
         source: o.source,
-        ..Default::default()
+        modified_fields: o.modified_fields,
+        drift_corrections: o.drift_corrections,
     }
 }
 
@@ -112,13 +151,22 @@ mod tests {
                     name: "s".into(),
                 },
                 source: "a.yaml#0".into(),
-                state: ObjectState::Failed,
+                state: ObjectState::Modified,
                 message: "no".into(),
+                modified_fields: vec!["/data/x".into()],
+                drift_corrections: 2,
             }],
         };
         let p = status_to_proto(s);
         assert_eq!(p.state(), pb::DeploymentState::ErrApplied);
-        assert_eq!(p.objects[0].state(), pb::ObjectState::Failed);
+        assert_eq!(p.objects[0].state(), pb::ObjectState::Modified);
+        assert_eq!(
+            (
+                p.objects[0].modified_fields.as_slice(),
+                p.objects[0].drift_corrections
+            ),
+            (["/data/x".to_string()].as_slice(), 2)
+        );
         assert_eq!(
             (p.objects[0].kind.as_str(), p.objects[0].source.as_str()),
             ("Secret", "a.yaml#0")
@@ -145,8 +193,24 @@ mod tests {
             ],
             keep_resources: true,
             correct_drift: true,
-            compare_patches: vec![],
+            compare_patches: vec![pb::ComparePatch {
+                kind: "Deployment".into(),
+                json_pointers: vec!["/spec/replicas".into()],
+                operations_json:
+                    r#"[{"op":"remove","path":"/spec/paused"},{"op":"add","path":"/x","value":1}]"#
+                        .into(),
+                ..Default::default()
+            }],
         });
+        assert_eq!(
+            d.compare_patches,
+            [ComparePatch {
+                kind: "Deployment".into(),
+                json_pointers: vec!["/spec/replicas".into()],
+                removed: vec!["/spec/paused".into()],
+                ..ComparePatch::default()
+            }]
+        );
         assert_eq!(
             d.manifests
                 .iter()

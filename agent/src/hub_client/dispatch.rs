@@ -273,6 +273,7 @@ mod tests {
         let reconciler = Reconciler::new(
             cluster.clone(),
             board.clone(),
+            Arc::default(),
             BackoffConfig::default(),
             tracker.clone(),
             shutdown.clone(),

@@ -25,8 +25,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use super::observe::{Applied, Tracked, health_state};
 use super::prune::prune_objects;
 use crate::cluster::{ApiError, Cluster, Resolved, Retry};
+use crate::drift::fingerprint;
 use crate::model::{Deployment, Desired, Inventory, ObjectRef, ObjectState, ObjectStatus};
 use crate::plan::{
     Category, ManifestHead, apply_order, category, effective_default_namespace, group_of,
@@ -53,6 +55,10 @@ struct Item {
     message: String,
     /// Whether a later attempt could succeed without a new bundle (not a validation error).
     worth_retrying: bool,
+    /// What was applied, once it was.
+    applied: Option<Applied>,
+    /// Drift corrections of this object while the agent runs, carried across runs.
+    drift_corrections: u32,
 }
 
 impl Item {
@@ -80,6 +86,8 @@ impl Item {
             state: ObjectState::Waiting,
             message: String::new(),
             worth_retrying: false,
+            applied: None,
+            drift_corrections: 0,
         };
         if let Err(why) = head {
             item.fail(why, false);
@@ -99,6 +107,26 @@ impl Item {
             source: self.source.clone(),
             state: self.state,
             message: self.message.clone(),
+            modified_fields: Vec::new(),
+            drift_corrections: self.drift_corrections,
+        }
+    }
+
+    /// Records a successful apply: what was sent, and the object's health from the answer.
+    fn applied(&mut self, resolved: Resolved, body: Value, live: &Value) {
+        self.applied = Some(Applied {
+            resolved,
+            body: Arc::new(body),
+            fingerprint: fingerprint(live),
+        });
+        (self.state, self.message) = health_state(live);
+    }
+
+    fn tracked(&self) -> Tracked {
+        Tracked {
+            status: self.status(),
+            applied: self.applied.clone(),
+            correction: None,
         }
     }
 }
@@ -120,10 +148,22 @@ struct Run<'a> {
     /// The groups of the CRDs this run saw established.
     crd_groups: Vec<String>,
     crds_settled: bool,
+    /// Drift corrections so far, by object.
+    corrections: &'a [(ObjectRef, u32)],
 }
 
-/// Applies `desired` on top of `inventory`. Returns the inventory as now recorded, and whether
-/// the run needs no retry (all applied, only permanent failures, or superseded).
+/// How a run ended.
+pub(super) struct Outcome {
+    /// The inventory as now recorded.
+    pub inventory: Inventory,
+    /// No retry needed: all applied, only permanent failures, or superseded.
+    pub settled: bool,
+    /// Every object of the content, when the run went through to the end (not superseded,
+    /// inventory written): what the worker then watches.
+    pub objects: Option<Vec<Tracked>>,
+}
+
+/// Applies `desired` on top of `inventory`, carrying the drift `corrections` counted so far.
 pub(super) async fn run(
     cluster: &Cluster,
     board: &StatusBoard,
@@ -131,27 +171,37 @@ pub(super) async fn run(
     inventory: Inventory,
     announce: bool,
     superseded: &(dyn Fn() -> bool + Send + Sync),
-) -> (Inventory, bool) {
-    let mut run = Run::new(cluster, desired, inventory);
+    corrections: &[(ObjectRef, u32)],
+) -> Outcome {
+    let mut run = Run::new(cluster, desired, inventory, corrections);
     if announce {
         board.publish(run.summary());
     }
     match run.apply_all(superseded).await {
-        Ok(Applied::Completely) => run.finish(board).await,
-        Ok(Applied::Superseded) => (run.inventory, true),
+        Ok(Loop::Completely) => run.finish(board).await,
+        Ok(Loop::Superseded) => Outcome {
+            inventory: run.inventory,
+            settled: true,
+            objects: None,
+        },
         Err(e) => run.give_up(board, e),
     }
 }
 
 /// How the apply loop ended.
-enum Applied {
+enum Loop {
     Completely,
     /// A newer desired state arrived; the rest was skipped.
     Superseded,
 }
 
 impl<'a> Run<'a> {
-    fn new(cluster: &'a Cluster, desired: &'a Desired, inventory: Inventory) -> Self {
+    fn new(
+        cluster: &'a Cluster,
+        desired: &'a Desired,
+        inventory: Inventory,
+        corrections: &'a [(ObjectRef, u32)],
+    ) -> Self {
         let deployment = &desired.deployment;
         let items: Vec<Item> = deployment
             .manifests
@@ -175,6 +225,7 @@ impl<'a> Run<'a> {
             crds_applied: Vec::new(),
             crd_groups: Vec::new(),
             crds_settled: false,
+            corrections,
         }
     }
 
@@ -183,13 +234,13 @@ impl<'a> Run<'a> {
     async fn apply_all(
         &mut self,
         superseded: &(dyn Fn() -> bool + Send + Sync),
-    ) -> Result<Applied, ApiError> {
+    ) -> Result<Loop, ApiError> {
         self.resolve_all(true).await;
         self.record_ownership().await?;
         let mut custom_kinds_looked_up = false;
         for position in 0..self.order.len() {
             if superseded() {
-                return Ok(Applied::Superseded);
+                return Ok(Loop::Superseded);
             }
             let i = self.order[position];
             let category = self.items[i].category;
@@ -204,7 +255,7 @@ impl<'a> Run<'a> {
             self.apply_one(i).await;
         }
         self.settle_crds().await;
-        Ok(Applied::Completely)
+        Ok(Loop::Completely)
     }
 
     fn summary(&self) -> crate::model::DeploymentStatus {
@@ -259,6 +310,11 @@ impl<'a> Run<'a> {
                         (true, false) => head.namespace.clone(),
                     };
                     item.resolved = Some(r);
+                    item.drift_corrections = self
+                        .corrections
+                        .iter()
+                        .find(|(o, _)| o.same_object(&item.object))
+                        .map_or(0, |(_, n)| *n);
                 }
                 Ok(None) if first_pass && item.category == Category::Custom => {}
                 Ok(None) if item.category == Category::Custom => item.fail(
@@ -325,7 +381,7 @@ impl<'a> Run<'a> {
 
     /// Reports a run stopped because its inventory could not be written (objects not yet
     /// applied stay Waiting); the worker retries it.
-    fn give_up(self, board: &StatusBoard, e: ApiError) -> (Inventory, bool) {
+    fn give_up(self, board: &StatusBoard, e: ApiError) -> Outcome {
         let mut status = self.summary();
         status.state = crate::model::DeploymentState::ErrApplied;
         status.message = format!(
@@ -334,7 +390,11 @@ impl<'a> Run<'a> {
         );
         warn!(error = %e, "could not write the inventory");
         board.publish(status);
-        (self.inventory, false)
+        Outcome {
+            inventory: self.inventory,
+            settled: false,
+            objects: None,
+        }
     }
 
     async fn ensure_default_namespace(&mut self) -> Result<(), String> {
@@ -381,9 +441,8 @@ impl<'a> Run<'a> {
             .apply_object(&r, &item.object.namespace, &head.name, &body, retry)
             .await
         {
-            Ok(()) => {
-                item.state = ObjectState::Applied;
-                item.message.clear();
+            Ok(live) => {
+                item.applied(r, body, &live);
                 if item.category == Category::CustomResourceDefinition {
                     self.crds_applied.push(head.name.clone());
                 }
@@ -403,15 +462,21 @@ impl<'a> Run<'a> {
         }
         self.crds_settled = true;
         for name in self.crds_applied.clone() {
-            match self.cluster.wait_established(&name, CRD_DEADLINE).await {
-                Ok(group) => self.crd_groups.push(group),
-                Err(why) => {
-                    warn!(crd = %name, %why, "CustomResourceDefinition not established");
-                    let crd = self.items.iter_mut().find(|i| {
-                        i.category == Category::CustomResourceDefinition && i.object.name == name
-                    });
+            let established = self.cluster.wait_established(&name, CRD_DEADLINE).await;
+            let crd = self.items.iter_mut().find(|i| {
+                i.category == Category::CustomResourceDefinition && i.object.name == name
+            });
+            match (established, crd) {
+                (Ok(group), crd) => {
+                    self.crd_groups.push(group);
                     if let Some(item) = crd {
-                        item.message = why;
+                        (item.state, item.message) = (ObjectState::Ready, String::new());
+                    }
+                }
+                (Err(why), crd) => {
+                    warn!(crd = %name, %why, "CustomResourceDefinition not established");
+                    if let Some(item) = crd {
+                        (item.state, item.message) = (ObjectState::NotReady, why);
                     }
                 }
             }
@@ -427,7 +492,7 @@ impl<'a> Run<'a> {
     /// release instead of uninstalling it); an upgrade still drops what the chart no longer
     /// renders. So the flag is about removing the deployment ([`super::prune::remove`]), not
     /// about objects that leave its content.
-    async fn finish(mut self, board: &StatusBoard) -> (Inventory, bool) {
+    async fn finish(mut self, board: &StatusBoard) -> Outcome {
         let desired = self.desired_objects();
         let objects = if self.uncertain {
             warn!("not pruning: some kinds could not be looked up");
@@ -480,6 +545,10 @@ impl<'a> Run<'a> {
         let status = self.summary();
         info!(revision = %self.deployment.revision, objects = self.items.len(), failed, settled, "applied");
         board.publish(status);
-        (self.inventory, settled)
+        Outcome {
+            inventory: self.inventory,
+            settled,
+            objects: Some(self.items.iter().map(Item::tracked).collect()),
+        }
     }
 }

@@ -10,25 +10,34 @@
 //! backoff while it is still the desired state (a CRD from another bundle, a namespace that
 //! was terminating). A bounded number of deployments apply at once, to stay gentle with the
 //! API server after a reconnect delivers many at once.
+//!
+//! Between runs a worker watches its objects ([`observe`]): the watches of `cluster::watch`
+//! (one per resource type, started once a run applied that type) feed one router ([`route`]),
+//! which hands each observation to the worker whose deployment id the object's annotation
+//! names. Health, drift and Missing objects then change the deployment's status without a run.
 
 mod apply;
+mod observe;
 mod prune;
+mod route;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use self::observe::Observed;
 use self::prune::Disposal;
 use crate::backoff::Backoff;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Observation, OwnedWatches};
 use crate::config::BackoffConfig;
+use crate::metrics::Metrics;
 use crate::model::{Desired, Inventory, Removal};
-use crate::status::StatusBoard;
+use crate::status::{StatusBoard, summarize};
 
 /// Deployments applied at the same time.
 const PARALLEL_APPLIES: usize = 4;
@@ -43,10 +52,18 @@ enum Target {
     },
 }
 
+/// How the reconciler reaches one worker.
+struct WorkerHandle {
+    target: watch::Sender<Target>,
+    observations: mpsc::UnboundedSender<Observation>,
+}
+
 struct Inner {
     cluster: Cluster,
     board: Arc<StatusBoard>,
-    workers: Mutex<HashMap<String, watch::Sender<Target>>>,
+    metrics: Arc<Metrics>,
+    workers: Mutex<HashMap<String, WorkerHandle>>,
+    watches: OwnedWatches,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     permits: Semaphore,
@@ -60,36 +77,52 @@ pub(crate) struct Reconciler {
 }
 
 impl Reconciler {
-    /// Workers are spawned on `tracker` and stop when `shutdown` is cancelled.
+    /// Workers, watches and the router are spawned on `tracker` and stop when `shutdown` is
+    /// cancelled.
     pub fn new(
         cluster: Cluster,
         board: Arc<StatusBoard>,
+        metrics: Arc<Metrics>,
         backoff: BackoffConfig,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
+        let (observations, routed) = mpsc::unbounded_channel();
         let inner = Inner {
+            watches: OwnedWatches::new(
+                cluster.clone(),
+                observations,
+                tracker.clone(),
+                shutdown.clone(),
+            ),
             cluster,
             board,
+            metrics,
             workers: Mutex::default(),
             tracker,
             shutdown,
             permits: Semaphore::new(PARALLEL_APPLIES),
             backoff,
         };
-        Self {
+        let reconciler = Self {
             inner: Arc::new(inner),
-        }
+        };
+        let router = route::run(reconciler.clone(), routed);
+        reconciler
+            .inner
+            .tracker
+            .spawn(router.instrument(info_span!("observation_router")));
+        reconciler
     }
 
-    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Target>>> {
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerHandle>> {
         self.inner.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `content_hash` is already the desired state of the deployment (a resend).
     pub fn is_desired(&self, deployment_id: &str, content_hash: &str) -> bool {
-        self.workers().get(deployment_id).is_some_and(|tx| {
-            matches!(&*tx.borrow(), Target::Apply(d) if d.deployment.content_hash == content_hash)
+        self.workers().get(deployment_id).is_some_and(|w| {
+            matches!(&*w.target.borrow(), Target::Apply(d) if d.deployment.content_hash == content_hash)
         })
     }
 
@@ -99,8 +132,8 @@ impl Reconciler {
     pub fn targets(&self) -> Vec<(String, Option<String>)> {
         self.workers()
             .iter()
-            .map(|(id, tx)| {
-                let hash = match &*tx.borrow() {
+            .map(|(id, w)| {
+                let hash = match &*w.target.borrow() {
                     Target::Apply(d) => Some(d.deployment.content_hash.clone()),
                     Target::Remove { .. } => None,
                 };
@@ -126,19 +159,26 @@ impl Reconciler {
     fn set(&self, id: String, target: Target) {
         // Sending under the lock pairs with the worker's exit check, also under the lock.
         let mut workers = self.workers();
-        if let Some(tx) = workers.get(&id) {
-            tx.send_replace(target);
+        if let Some(w) = workers.get(&id) {
+            w.target.send_replace(target);
             return;
         }
         let (tx, mut rx) = watch::channel(target);
         rx.mark_changed();
-        workers.insert(id.clone(), tx);
+        let (observations, observed_rx) = mpsc::unbounded_channel();
+        let handle = WorkerHandle {
+            target: tx,
+            observations,
+        };
+        workers.insert(id.clone(), handle);
         let span = info_span!("deployment", id = %id);
         let worker = Worker {
             reconciler: self.clone(),
             id,
             rx,
             inventory: None,
+            observations: observed_rx,
+            observed: None,
         };
         self.inner.tracker.spawn(worker.run().instrument(span));
     }
@@ -151,6 +191,20 @@ struct Worker {
     rx: watch::Receiver<Target>,
     /// The inventory as last read or written, once known.
     inventory: Option<Inventory>,
+    /// What the watches saw of this deployment's objects.
+    observations: mpsc::UnboundedReceiver<Observation>,
+    /// The objects of the last complete run, watched until the next one.
+    observed: Option<Observed>,
+}
+
+/// What woke a worker up.
+enum Wake {
+    /// A new desired state.
+    Target,
+    /// Time to retry the current one.
+    Retry,
+    /// Something happened to its objects.
+    Observed(Observation),
 }
 
 enum Step {
@@ -168,16 +222,28 @@ impl Worker {
         let mut backoff = Backoff::new(inner.backoff);
         let mut retry_at: Option<Instant> = None;
         loop {
-            let fresh = tokio::select! {
+            let wake = tokio::select! {
                 _ = inner.shutdown.cancelled() => return,
-                changed = self.rx.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
+                changed = self.rx.changed() => match changed {
+                    Ok(()) => Wake::Target,
+                    Err(_) => return,
+                },
+                _ = sleep_until(retry_at), if retry_at.is_some() => Wake::Retry,
+                Some(first) = self.observations.recv() => Wake::Observed(first),
+            };
+            let fresh = match wake {
+                Wake::Target => {
                     backoff.reset();
                     true
                 }
-                _ = sleep_until(retry_at), if retry_at.is_some() => false,
+                Wake::Retry => false,
+                Wake::Observed(first) => {
+                    tokio::select! {
+                        _ = inner.shutdown.cancelled() => return,
+                        _ = self.observe(first) => {}
+                    }
+                    continue;
+                }
             };
             retry_at = None;
             let target = self.rx.borrow_and_update().clone();
@@ -219,19 +285,40 @@ impl Worker {
         };
         let rx = self.rx.clone();
         let superseded = move || rx.has_changed().unwrap_or(true);
+        let corrections = self
+            .observed
+            .take()
+            .map(|o| o.corrections())
+            .unwrap_or_default();
         match target {
             Target::Apply(desired) => {
-                let (inventory, ok) = apply::run(
+                let started = Instant::now();
+                let outcome = apply::run(
                     &inner.cluster,
                     &inner.board,
                     &desired,
                     inventory,
                     fresh,
                     &superseded,
+                    &corrections,
                 )
                 .await;
-                self.inventory = Some(inventory);
-                if ok { Step::Done } else { Step::RetryLater }
+                inner.metrics.applied_in(started.elapsed());
+                self.inventory = Some(outcome.inventory);
+                if let Some(objects) = outcome.objects {
+                    for applied in objects.iter().filter_map(|t| t.applied.as_ref()) {
+                        inner.watches.ensure(&applied.resolved);
+                    }
+                    self.observed = Some(Observed {
+                        deployment: desired.deployment.clone(),
+                        objects,
+                    });
+                }
+                if outcome.settled {
+                    Step::Done
+                } else {
+                    Step::RetryLater
+                }
             }
             Target::Remove { keep_resources } => {
                 let disposal = if keep_resources || inventory.keeps_resources() {
@@ -248,6 +335,28 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Takes in `first` and every other observation already queued, then reports once.
+    /// Nothing is looked at while a newer desired state waits: its run re-reads everything.
+    async fn observe(&mut self, first: Observation) {
+        let mut batch = vec![first];
+        while let Ok(more) = self.observations.try_recv() {
+            batch.push(more);
+        }
+        if self.rx.has_changed().unwrap_or(true) {
+            return;
+        }
+        let inner = self.reconciler.inner.clone();
+        let Some(observed) = &mut self.observed else {
+            return;
+        };
+        for o in batch {
+            observed.observe(&inner.cluster, &inner.metrics, o).await;
+        }
+        inner
+            .board
+            .publish(summarize(&observed.deployment, observed.statuses()));
     }
 
     /// Ends the worker unless a new desired state arrived meanwhile. Returns whether it ended.

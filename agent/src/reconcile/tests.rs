@@ -17,6 +17,13 @@ use crate::model::{
 use crate::plan::{DEPLOYMENT_ID_ANNOTATION, DEPLOYMENT_LABEL, MANAGED_BY_LABEL, inventory_name};
 use crate::status::StatusBoard;
 
+impl apply::Outcome {
+    /// The recorded inventory and whether the run settled.
+    fn pair(self) -> (Inventory, bool) {
+        (self.inventory, self.settled)
+    }
+}
+
 /// A fake API server, the objects it holds, a cluster handle on it (through a kubeconfig kept
 /// in `_dir`) and the status board apply runs report to.
 struct Fixture {
@@ -80,8 +87,10 @@ impl Fixture {
             inventory,
             announce,
             superseded,
+            &[],
         )
         .await
+        .pair()
     }
 
     /// An ordinary apply run of `desired` over `inventory`.
@@ -93,8 +102,10 @@ impl Fixture {
             inventory,
             true,
             &|| false,
+            &[],
         )
         .await
+        .pair()
     }
 
     /// The latest status published on the board (there must be one).
@@ -269,11 +280,11 @@ async fn a_first_apply_orders_marks_defaults_and_reports_the_failure() {
     assert_eq!(
         states,
         [
-            ("Widget", ObjectState::Applied),
+            ("Widget", ObjectState::Ready),
             ("Deployment", ObjectState::Failed),
-            ("ConfigMap", ObjectState::Applied),
-            ("CustomResourceDefinition", ObjectState::Applied),
-            ("Namespace", ObjectState::Applied),
+            ("ConfigMap", ObjectState::Ready),
+            ("CustomResourceDefinition", ObjectState::Ready),
+            ("Namespace", ObjectState::Ready),
         ]
     );
     assert!(settled, "an invalid object needs a new commit, not a retry");
@@ -332,7 +343,8 @@ async fn a_new_revision_prunes_what_left_but_only_what_it_owns() {
     assert_eq!(names, ["keep", "web"]);
     let deletes = f.api.paths("DELETE");
     assert_eq!(deletes, ["/api/v1/namespaces/apps/configmaps/drop"]);
-    assert_eq!(f.last_status().state, DeploymentState::Ready);
+    // Applied; the Deployment waits for a controller that this fake does not run.
+    assert_eq!(f.last_status().state, DeploymentState::NotReady);
 }
 
 #[tokio::test]
@@ -517,6 +529,7 @@ async fn a_removal_of_a_queued_deployment_applies_nothing_and_ends_its_worker() 
     let reconciler = super::Reconciler::new(
         f.cluster.clone(),
         Arc::new(StatusBoard::default()),
+        Arc::default(),
         crate::config::BackoffConfig::default(),
         tracker.clone(),
         shutdown.clone(),
@@ -840,6 +853,7 @@ async fn the_keep_flag_is_recorded_before_any_object_is_applied() {
         empty_inventory(),
         false,
         &|| true,
+        &[],
     )
     .await;
     assert!(!f.holds(SETTINGS));
@@ -871,6 +885,7 @@ async fn removed_by_a_worker(content_keeps: bool, removal_keeps: bool) -> Fixtur
     let reconciler = super::Reconciler::new(
         f.cluster.clone(),
         Arc::new(StatusBoard::default()),
+        Arc::default(),
         crate::config::BackoffConfig::default(),
         tracker.clone(),
         shutdown.clone(),

@@ -46,21 +46,35 @@ async fn registers_deploys_reports_removes_and_restarts_without_a_token() {
         (ack.deployment_id.as_str(), ack.content_hash.as_str()),
         ("apps/app", "h1")
     );
+    // No controller runs here, so the Deployment stays NotReady: applied, not rolled out.
     let ready = h
-        .expect("ready", |s| match s {
+        .expect("applied", |s| match s {
             Seen::Message(Out::Status(r)) => r
                 .deployments
                 .into_iter()
-                .find(|d| d.state() == pb::DeploymentState::Ready),
+                .find(|d| d.state() == pb::DeploymentState::NotReady),
             _ => None,
         })
         .await;
     assert_eq!((ready.revision.as_str(), ready.objects.len()), ("r1", 2));
+    let states: Vec<(&str, pb::ObjectState, &str)> = ready
+        .objects
+        .iter()
+        .map(|o| (o.kind.as_str(), o.state(), o.namespace.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("ConfigMap", pb::ObjectState::Ready, "apps"),
+            ("Deployment", pb::ObjectState::NotReady, "apps")
+        ]
+    );
     assert!(
         ready
-            .objects
-            .iter()
-            .all(|o| o.state() == pb::ObjectState::Applied && o.namespace == "apps")
+            .message
+            .starts_with("app/web.yaml#0: Deployment/web: Deployment web: 0 of 1 replicas"),
+        "{}",
+        ready.message
     );
     assert!(
         h.store

@@ -126,6 +126,7 @@ impl Harness {
                 initial: Duration::from_millis(20),
                 max: Duration::from_millis(200),
             },
+            metrics_addr: None,
         }
     }
 

@@ -49,11 +49,12 @@ async fn deployed(h: &mut Harness, keep_resources: bool) -> RunningAgent {
         compare_patches: vec![],
     }))
     .await;
-    h.expect("ready", |s| match s {
+    // Applied: the Deployment is NotReady without a controller.
+    h.expect("applied", |s| match s {
         Seen::Message(Out::Status(r)) => r
             .deployments
             .into_iter()
-            .find(|d| d.state() == pb::DeploymentState::Ready),
+            .find(|d| d.state() == pb::DeploymentState::NotReady),
         _ => None,
     })
     .await;

@@ -91,7 +91,7 @@ fn deployment(d: &Value) -> String {
         time(d["updatedAt"].as_i64().unwrap_or(0)),
     );
     out.push_str(&objects(d));
-    out.push_str(&history(d));
+    out.push_str(&history(d, state != "Ready"));
     out.push_str("</section>");
     out
 }
@@ -140,14 +140,16 @@ fn objects(d: &Value) -> String {
     out
 }
 
-fn history(d: &Value) -> String {
+/// The last transitions, newest first; unfolded when the deployment is not Ready.
+fn history(d: &Value, open: bool) -> String {
     let list = d["history"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if list.is_empty() {
         return String::new();
     }
-    let mut out =
-        String::from(r#"<details class="history"><summary>Recent history</summary><ol reversed>"#);
-    // Newest first.
+    let mut out = format!(
+        r#"<details class="history"{}><summary>Recent history</summary><ol reversed>"#,
+        if open { " open" } else { "" }
+    );
     for t in list.iter().rev() {
         let message = text(&t["message"]);
         let _ = write!(
@@ -260,6 +262,10 @@ mod tests {
         );
         assert!(html.contains(r#"<code title="abcdef0123456789">abcdef012345</code>"#));
         assert!(html.contains("<code>env=staging</code>"));
+        assert!(
+            html.contains(r#"<details class="history" open>"#),
+            "unfolded: not Ready"
+        );
         let newest = html
             .find("2023-11-14 22:13:20 UTC</time> <span class=\"badge s-errapplied\"")
             .unwrap();

@@ -210,7 +210,7 @@ pub fn page(title: &str, fragment: &str, version: u64, main: &str) -> String {
 <script src="/ui/live.js" defer></script>
 </head>
 <body>
-<header><nav><a href="/" class="brand">Flotilla</a> <a href="/">Fleet</a></nav>
+<header><nav><a href="/" class="brand">Flotilla</a> <a href="/">Fleet</a> <a href="/clusters">Clusters</a></nav>
 <span id="live-state" class="live" role="status" aria-live="polite">static</span></header>
 <main id="live" data-fragment="{fragment}" data-version="{version}">
 {main}
@@ -229,7 +229,7 @@ pub fn unknown_cluster(name: &str) -> String {
         r#"<section class="not-found"><h1>No cluster named “{}”</h1>
 <p>This hub has no registered cluster by that name. It may have been deleted, or its agent
 has not registered yet.</p>
-<p>List the registered clusters with <code>flotilla cluster list</code>; a new cluster appears
+<p>See <a href="/clusters">the registered clusters</a> (or <code>flotilla cluster list</code>); a new cluster appears
 once its agent registers with a token from <code>flotilla token create</code>.
 <a href="/">Back to the fleet</a>.</p></section>"#,
         esc(name)

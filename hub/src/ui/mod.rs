@@ -5,7 +5,7 @@
 //! `/ui/events` (server-sent events, `live.rs`) and, on each change, fetches the page's own
 //! fragment (`?fragment=1`) and swaps it in without a reload. Routes:
 //!
-//! - `/` the fleet at a glance, `/clusters/{name}`, `/gitrepos/{name}`;
+//! - `/` the fleet at a glance, `/clusters` (the list), `/clusters/{name}`, `/gitrepos/{name}`;
 //! - `/ui/events`, `/ui/flotilla.css`, `/ui/live.js`;
 //! - `/api/v1/status`, `/api/v1/status/clusters/{name}`, `/api/v1/status/gitrepos/{name}`.
 //!
@@ -13,6 +13,7 @@
 //! but it needs no credential: `flotilla serve --no-ui` turns all of this off. Responses carry
 //! a strict Content-Security-Policy (same-origin script and style only, no framing).
 
+mod clusters;
 mod detail;
 mod html;
 mod live;
@@ -74,6 +75,7 @@ pub fn router(fleet: Arc<Fleet>, shutdown: CancellationToken) -> Router {
     };
     Router::new()
         .route("/", get(fleet_page))
+        .route("/clusters", get(clusters_page))
         .route("/clusters/{name}", get(cluster_page))
         .route("/gitrepos/{name}", get(gitrepo_page))
         .route("/ui/events", get(events))
@@ -153,6 +155,19 @@ async fn fleet_page(State(ui): State<Ui>, Query(part): Query<Part>) -> Response 
     let version = ui.version();
     let body = overview::render(&ui.fleet.summary_view());
     respond(StatusCode::OK, &part, "Fleet", "/", version, body)
+}
+
+async fn clusters_page(State(ui): State<Ui>, Query(part): Query<Part>) -> Response {
+    let version = ui.version();
+    let body = clusters::render(&ui.fleet.clusters());
+    respond(
+        StatusCode::OK,
+        &part,
+        "Clusters",
+        "/clusters",
+        version,
+        body,
+    )
 }
 
 async fn cluster_page(

@@ -18,7 +18,7 @@ pub fn render(v: &Value) -> String {
     let mut out = String::from("<h1>Fleet</h1>");
     let _ = write!(
         out,
-        r#"<section id="totals"><p><span id="clusters">{} clusters, {} connected</span> · <span id="deployments">{} deployments</span></p>{}</section>"#,
+        r#"<section id="totals"><p><a id="clusters" href="/clusters">{} clusters, {} connected</a> · <span id="deployments">{} deployments</span></p>{}</section>"#,
         num(&v["clusters"]["total"]),
         num(&v["clusters"]["connected"]),
         num(&v["total"]),

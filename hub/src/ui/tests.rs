@@ -83,6 +83,13 @@ async fn pages_and_fragments() {
     assert!(cluster.contains("Cluster east") && cluster.contains("<code>env=&lt;prod&gt;</code>"));
     assert!(cluster.contains(r#"data-fragment="/clusters/east?fragment=1""#));
 
+    let (code, _, list) = get(&s.app, "/clusters").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        list.contains(r#"<a href="/clusters/east">east</a>"#),
+        "{list}"
+    );
+
     let (code, _, gitrepo) = get(&s.app, "/gitrepos/apps").await;
     assert_eq!(code, StatusCode::OK);
     assert!(gitrepo.contains("Nothing is deployed from a GitRepo named “apps”"));

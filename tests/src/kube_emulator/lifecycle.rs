@@ -175,6 +175,18 @@ pub(crate) async fn run_effect(core: Arc<Core>, effect: Effect) {
                 })
                 .await;
             }
+            Effect::Reconcile {
+                ty,
+                namespace,
+                name,
+            } => {
+                tokio::time::sleep(super::controllers::REACTION).await;
+                converge(&core, |state| {
+                    super::controllers::reconcile(state, ty, namespace, name);
+                    true
+                })
+                .await;
+            }
             Effect::CleanupCrd(name) => converge(&core, |state| cleanup_crd(state, name)).await,
             Effect::FinalizeNamespace(name) => {
                 converge(&core, |state| finalize_namespace(state, name)).await

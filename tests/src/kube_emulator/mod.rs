@@ -7,10 +7,13 @@
 //! Code map: `server`/`http`/`resources` take requests; `read`, `watch`, `write` (+ `ssa`,
 //! `apply`, `managed`, `fieldset`, `schema`, `patch`) and `lifecycle` implement the verbs;
 //! `defaults`, `quantity`, `validate`, `workloads`, `custom` are admission; `store` is the etcd;
-//! `catalog`/`discovery` the served types; `status` the error wire format.
+//! `catalog`/`discovery` the served types; `status` the error wire format; `controllers` the
+//! workload controllers of a healthy cluster (rollouts done, Jobs complete, claims Bound,
+//! load balancers addressed), which tests may pause to drive status by hand.
 
 mod apply;
 mod catalog;
+mod controllers;
 mod core;
 mod custom;
 mod defaults;
@@ -265,6 +268,13 @@ impl KubeEmulator {
                 &now,
             )?)
         })
+    }
+
+    /// Stops (or restarts) the workload controllers: while paused, Deployments, StatefulSets,
+    /// DaemonSets, Jobs, PersistentVolumeClaims and LoadBalancer Services keep whatever status
+    /// [`KubeEmulator::set_status`] gives them.
+    pub fn pause_workload_controllers(&self, paused: bool) {
+        self.inner.core.lock().workload_controllers_paused = paused;
     }
 
     /// Updates an object as `manager` would with a read-modify-PUT (an `Update` in managedFields),

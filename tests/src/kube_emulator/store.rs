@@ -46,6 +46,12 @@ pub(crate) struct WatchEvent {
 /// Follow-up work a write asks for, run by a background task like the real controllers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Effect {
+    /// A workload controller pass over one object.
+    Reconcile {
+        ty: TypeKey,
+        namespace: String,
+        name: String,
+    },
     EstablishCrd(String),
     CleanupCrd(String),
     FinalizeNamespace(String),
@@ -132,6 +138,10 @@ pub(crate) struct State {
     /// Follow-ups of the writes made under the current lock; drained by the caller.
     pub effects: Vec<Effect>,
     pub ca_pem: String,
+    /// Whether the workload controllers (`controllers.rs`) stand still.
+    pub workload_controllers_paused: bool,
+    /// Load-balancer addresses handed out so far.
+    pub next_load_balancer: u32,
 }
 
 fn crd_key() -> TypeKey {
@@ -167,6 +177,8 @@ impl State {
             alloc: Allocators::default(),
             effects: Vec::new(),
             ca_pem,
+            workload_controllers_paused: false,
+            next_load_balancer: 0,
         }
     }
 

@@ -180,6 +180,9 @@ pub(super) fn commit_new(
         return Ok(obj);
     }
     let stored = state.put(&ctx.rt.key(), obj);
+    if !ctx.status {
+        super::controllers::on_write(state, &ctx.rt, &stored);
+    }
     if ctx
         .rt
         .is("apiextensions.k8s.io", "CustomResourceDefinition")
@@ -316,8 +319,12 @@ pub(crate) fn finish_update(
             created: false,
         });
     }
+    let object = commit_update(state, &ctx.rt, new);
+    if !ctx.status {
+        super::controllers::on_write(state, &ctx.rt, &object);
+    }
     Ok(Written {
-        object: commit_update(state, &ctx.rt, new),
+        object,
         created: false,
     })
 }

@@ -27,6 +27,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn start() -> (KubeEmulator, Client) {
     let k = KubeEmulator::start().await.expect("emulator starts");
+    // These tests are about the API server: no controller writes a status behind their back.
+    k.pause_workload_controllers(true);
     let client = k.client().await.expect("client from kubeconfig");
     (k, client)
 }

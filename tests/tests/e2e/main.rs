@@ -5,6 +5,7 @@ mod credentials;
 mod emulator;
 mod fleet_examples;
 mod git_server;
+mod health;
 mod install;
 mod rotation;
 mod scenarios;

@@ -1,11 +1,13 @@
 //! The status page in headless Chromium, asserted on its content: everything Ready on load;
 //! a failure in one environment appears on the same page without a reload (in its grid cell
 //! and in the not-Ready list, with the reason); the cluster page shows the object's error;
-//! the recovery appears live too.
+//! the recovery appears live too. The failure: an object the API server refuses
+//! (ErrApplied).
 
 use flotilla_proto::agent::v1::DeploymentState;
 use flotilla_tests::browser::Browser;
 use flotilla_tests::fleet::TestFleet;
+use flotilla_tests::git_server::TestRepo;
 
 fn config_map(name: &str) -> String {
     format!(
@@ -47,102 +49,159 @@ const MARK: &str = "window.flotillaMark = 'first load'; return true;";
 const MARKED: &str = "return window.flotillaMark === 'first load' \
     && Number(document.body.getAttribute('data-updates') || 0) > 0;";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_page_follows_a_failure_and_its_recovery_live() -> anyhow::Result<()> {
-    let browser = Browser::start().await?;
-    let mut fleet = TestFleet::start().await?;
-    let repo = fleet.git.create_repo("apps")?;
-    repo.write("web/config.yaml", &config_map("web"))?;
-    repo.commit("web")?;
-    repo.checkout_branch("staging", true)?;
-    fleet.add_cluster_labelled("prod-1", &["env=prod"]).await?;
-    fleet
-        .add_cluster_labelled("stg-1", &["env=staging"])
-        .await?;
-    let path = fleet.admin_config().with_file_name("apps.yaml");
-    std::fs::write(&path, GITREPO.replace("URL", &fleet.git.http_url("apps")))?;
-    fleet
-        .cli(&["apply", "-f", path.to_str().expect("utf-8 path")])
-        .await?;
-    fleet.sync("apps").await?;
+/// Prod (`prod-1`, branch main) and staging (`stg-1`, branch staging, checked out) running
+/// `apps/web` Ready, and the browser on the fleet page, marked.
+struct Watching {
+    browser: Browser,
+    fleet: TestFleet,
+    repo: TestRepo,
+}
 
-    fleet
-        .wait_status("both environments Ready", |s| {
-            ["prod-1", "stg-1"].iter().all(|c| {
-                TestFleet::deployment(s, c, "apps/web")
-                    .is_some_and(|d| d.state == DeploymentState::Ready as i32)
+impl Watching {
+    async fn start() -> anyhow::Result<Self> {
+        let browser = Browser::start().await?;
+        let mut fleet = TestFleet::start().await?;
+        let repo = fleet.git.create_repo("apps")?;
+        repo.write("web/config.yaml", &config_map("web"))?;
+        repo.commit("web")?;
+        repo.checkout_branch("staging", true)?;
+        fleet.add_cluster_labelled("prod-1", &["env=prod"]).await?;
+        fleet
+            .add_cluster_labelled("stg-1", &["env=staging"])
+            .await?;
+        let path = fleet.admin_config().with_file_name("apps.yaml");
+        std::fs::write(&path, GITREPO.replace("URL", &fleet.git.http_url("apps")))?;
+        fleet
+            .cli(&["apply", "-f", path.to_str().expect("utf-8 path")])
+            .await?;
+        fleet.sync("apps").await?;
+        fleet
+            .wait_status("both environments Ready", |s| {
+                ["prod-1", "stg-1"].iter().all(|c| {
+                    TestFleet::deployment(s, c, "apps/web")
+                        .is_some_and(|d| d.state == DeploymentState::Ready as i32)
+                })
             })
+            .await?;
+
+        // Everything Ready, in the DOM as served.
+        browser.open(&format!("{}/", fleet.http_url())).await?;
+        for env in ["prod", "staging"] {
+            let c = browser.script(&cell(env)).await?;
+            assert_eq!(c, "Ready|Ready 1/1 Ready", "{env}");
+        }
+        let text = browser
+            .script("return document.getElementById('live').innerText")
+            .await?;
+        let text = text.as_str().unwrap_or_default();
+        assert!(text.contains("2 clusters, 2 connected"), "{text}");
+        assert!(text.contains("Every deployment is Ready"), "{text}");
+        browser.script(MARK).await?;
+        Ok(Self {
+            browser,
+            fleet,
+            repo,
         })
-        .await?;
-
-    // Everything Ready, in the DOM as served.
-    browser.open(&format!("{}/", fleet.http_url())).await?;
-    for env in ["prod", "staging"] {
-        let c = browser.script(&cell(env)).await?;
-        assert_eq!(c, "Ready|Ready 1/1 Ready", "{env}");
     }
-    let text = browser
-        .script("return document.getElementById('live').innerText")
-        .await?;
-    let text = text.as_str().unwrap_or_default();
-    assert!(text.contains("2 clusters, 2 connected"), "{text}");
-    assert!(text.contains("Every deployment is Ready"), "{text}");
-    browser.script(MARK).await?;
 
-    // A commit on staging with an object the API server refuses.
-    repo.write("web/bad.yaml", &config_map("Bad_Name"))?;
-    repo.commit("a bad object")?;
-    fleet.sync("apps").await?;
-    browser
-        .wait_until(
+    async fn commit(&self, message: &str) -> anyhow::Result<()> {
+        self.repo.commit(message)?;
+        self.fleet.sync("apps").await?;
+        Ok(())
+    }
+
+    /// The same page shows staging's `state` in its cell and in the not-Ready list, with a
+    /// reason containing every one of `reason`; prod stays Ready.
+    async fn sees_failure(&self, state: &str, reason: &[&str]) -> anyhow::Result<()> {
+        let b = &self.browser;
+        let want = format!("{state}|{state} 0/1 Ready");
+        b.wait_until(
             "the staging cell shows the failure",
-            &format!("var c = (function () {{ {} }})(); return c && c.indexOf('ErrApplied|') === 0 ? c : null;", cell("staging")),
+            &format!(
+                "var c = (function () {{ {} }})(); return c === '{want}';",
+                cell("staging")
+            ),
         )
         .await?;
-    assert_eq!(
-        browser.script(&cell("staging")).await?,
-        "ErrApplied|ErrApplied 0/1 Ready"
-    );
-    assert_eq!(
-        browser.script(&cell("prod")).await?,
-        "Ready|Ready 1/1 Ready",
-        "prod untouched"
-    );
-    let row = browser
-        .wait_until(
-            "the not-Ready list names cluster, state and reason",
-            r#"var r = document.querySelector('#not-ready tr[data-cluster="stg-1"][data-bundle="apps/web"]');
-               return r ? r.innerText : null;"#,
-        )
-        .await?;
-    let row = row.as_str().unwrap_or_default();
-    assert!(
-        row.contains("staging") && row.contains("ErrApplied"),
-        "{row}"
-    );
-    assert!(
-        row.contains("Bad_Name") && row.contains("Invalid"),
-        "the reason: {row}"
-    );
-    assert_eq!(
-        browser.script(MARKED).await?,
-        true,
-        "updated in place, never reloaded"
-    );
+        assert_eq!(b.script(&cell("prod")).await?, "Ready|Ready 1/1 Ready");
+        let row = b
+            .wait_until(
+                "the not-Ready list names cluster, state and reason",
+                &format!(
+                    r#"var r = document.querySelector('#not-ready tr[data-cluster="stg-1"][data-bundle="apps/web"]');
+                       var t = r ? r.innerText : '';
+                       return {}.every(function (w) {{ return t.indexOf(w) >= 0; }}) ? t : null;"#,
+                    serde_json::to_string(reason)?
+                ),
+            )
+            .await?;
+        let row = row.as_str().unwrap_or_default();
+        assert!(row.contains("staging") && row.contains(state), "{row}");
+        assert_eq!(b.script(MARKED).await?, true, "updated in place");
+        Ok(())
+    }
 
-    // Drill down to the cluster: the object and the API server's words.
-    browser
-        .click(r#"#not-ready a[href="/clusters/stg-1"]"#)
-        .await?;
-    let object = browser
-        .wait_until(
-            "the cluster page shows the failed object",
-            r#"var d = document.querySelector('section.deployment[data-bundle="apps/web"][data-state="ErrApplied"]');
-               var o = d && d.querySelector('tr[data-state="Failed"]');
-               return o ? o.innerText : null;"#,
+    /// Follow the not-Ready list's link to stg-1; the text of the first object in
+    /// `object_state` of the deployment in `state`. Marks the cluster page.
+    async fn drill_down(&self, state: &str, object_state: &str) -> anyhow::Result<String> {
+        let b = &self.browser;
+        b.click(r#"#not-ready a[href="/clusters/stg-1"]"#).await?;
+        let object = b
+            .wait_until(
+                "the cluster page shows the failing object",
+                &format!(
+                    r#"var d = document.querySelector('section.deployment[data-bundle="apps/web"][data-state="{state}"]');
+                       var o = d && d.querySelector('tr[data-state="{object_state}"]');
+                       return o ? o.innerText : null;"#
+                ),
+            )
+            .await?;
+        assert!(b.url().await?.ends_with("/clusters/stg-1"));
+        b.script(MARK).await?;
+        Ok(object.as_str().unwrap_or_default().to_string())
+    }
+
+    /// The same cluster page shows the deployment Ready again, `failed` in its history; then
+    /// the fleet page shows everything Ready.
+    async fn sees_recovery(&self, failed: &str) -> anyhow::Result<()> {
+        let b = &self.browser;
+        b.wait_until(
+            "the cluster page shows the recovery",
+            r#"var d = document.querySelector('section.deployment[data-bundle="apps/web"]');
+               return !!d && d.getAttribute('data-state') === 'Ready'
+                   && !d.querySelector('tbody tr:not([data-state="Ready"])');"#,
         )
         .await?;
-    let object = object.as_str().unwrap_or_default();
+        assert_eq!(b.script(MARKED).await?, true, "updated in place");
+        let history = b
+            .script(
+                "var h = document.querySelector('details.history'); return h ? h.textContent : '';",
+            )
+            .await?;
+        assert!(
+            history.as_str().unwrap_or_default().contains(failed),
+            "{history}"
+        );
+        b.click("header nav a.brand").await?;
+        b.wait_until(
+            "the fleet page shows everything Ready",
+            "return document.querySelectorAll('#grid td.s-ready').length === 2 \
+             && document.body.innerText.indexOf('Every deployment is Ready') >= 0;",
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// An object the API server refuses: ErrApplied with the API server's words, live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_follows_an_apply_error_and_its_recovery_live() -> anyhow::Result<()> {
+    let w = Watching::start().await?;
+    w.repo.write("web/bad.yaml", &config_map("Bad_Name"))?;
+    w.commit("a bad object").await?;
+    w.sees_failure("ErrApplied", &["Bad_Name", "Invalid"])
+        .await?;
+    let object = w.drill_down("ErrApplied", "Failed").await?;
     assert!(
         object.contains("ConfigMap") && object.contains("Bad_Name"),
         "{object}"
@@ -151,53 +210,44 @@ async fn status_page_follows_a_failure_and_its_recovery_live() -> anyhow::Result
         object.contains("Invalid") && object.contains("web/bad.yaml"),
         "{object}"
     );
-    assert!(browser.url().await?.ends_with("/clusters/stg-1"));
-    browser.script(MARK).await?;
 
-    // Remove the cause: the same cluster page recovers live, with the failure in its history.
-    repo.remove("web/bad.yaml")?;
-    repo.commit("without the bad object")?;
-    fleet.sync("apps").await?;
-    browser
+    w.repo.remove("web/bad.yaml")?;
+    w.commit("without the bad object").await?;
+    w.sees_recovery("ErrApplied").await?;
+
+    // The list of clusters links every cluster, healthy ones too.
+    let b = &w.browser;
+    b.click(r#"header nav a[href="/clusters"]"#).await?;
+    let list = b
         .wait_until(
-            "the cluster page shows the recovery",
-            r#"return !!document.querySelector('section.deployment[data-bundle="apps/web"][data-state="Ready"]')
-                && !document.querySelector('tr[data-state="Failed"]');"#,
+            "the cluster list",
+            "var t = document.getElementById('clusters'); return t ? t.innerText : null;",
         )
         .await?;
-    assert_eq!(
-        browser.script(MARKED).await?,
-        true,
-        "updated in place, never reloaded"
-    );
-    let history = browser
-        .script("var h = document.querySelector('details.history'); return h ? h.textContent : '';")
-        .await?;
-    assert!(
-        history.as_str().unwrap_or_default().contains("ErrApplied"),
-        "{history}"
-    );
-
-    // Back to the fleet: all Ready again.
-    browser.click("header nav a.brand").await?;
-    browser
-        .wait_until(
-            "the fleet page shows everything Ready",
-            "return document.querySelectorAll('#grid td.s-ready').length === 2 \
-             && document.body.innerText.indexOf('Every deployment is Ready') >= 0;",
-        )
-        .await?;
+    let list = list.as_str().unwrap_or_default();
+    assert!(list.contains("prod-1") && list.contains("stg-1"), "{list}");
+    assert!(!list.contains("disconnected"), "{list}");
 
     // A cluster the hub does not know: a page that says what to do.
-    browser
-        .open(&format!("{}/clusters/west", fleet.http_url()))
+    b.open(&format!("{}/clusters/west", w.fleet.http_url()))
         .await?;
-    let text = browser.script("return document.body.innerText").await?;
+    let text = b.script("return document.body.innerText").await?;
     let text = text.as_str().unwrap_or_default();
     assert!(
         text.contains("No cluster named “west”") && text.contains("flotilla cluster list"),
         "{text}"
     );
+    w.browser.close().await
+}
 
-    browser.close().await
+/// With the page turned off (`--no-ui`), the HTTP port serves probes and metrics only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_page_the_http_port_serves_probes_and_metrics_only() -> anyhow::Result<()> {
+    let fleet = TestFleet::start_with(|c| c.ui = false).await?;
+    for path in ["/", "/clusters", "/ui/events", "/api/v1/status"] {
+        assert_eq!(fleet.http_get(path).await?.0, 404, "{path}");
+    }
+    assert_eq!(fleet.http_get("/healthz").await?.0, 200);
+    assert_eq!(fleet.http_get("/metrics").await?.0, 200);
+    Ok(())
 }
