@@ -31,7 +31,7 @@ use crate::model::{
     Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, ContentHash,
     DeploymentState, GitRepoSpec, ReportedStatus, unix_now,
 };
-use crate::rollup::{Entry as RollupEntry, HISTORY, Rollups, Transition};
+use crate::rollup::{HISTORY, Rollups, Transition, Update};
 use crate::store::{Store, StoreError};
 use crate::target::{ClusterFacts, ClusterGroup, first_match};
 
@@ -139,6 +139,9 @@ pub struct ClusterView {
 pub struct Fleet {
     state: RwLock<State>,
     store: Store,
+    /// Held while transitions move from the queue to the store, and while a history view
+    /// reads both, so that a view never misses transitions in flight.
+    history_flush: std::sync::Mutex<()>,
 }
 
 /// A connected agent stream's registration with the index; dropping it marks the cluster
@@ -162,6 +165,7 @@ impl Drop for Session {
             entry.session = None;
             entry.presence.connected = false;
             entry.presence.last_seen = unix_now();
+            st.changed.send_modify(|v| *v += 1);
         }
     }
 }
@@ -208,6 +212,7 @@ impl Fleet {
         Ok(Arc::new(Self {
             state: RwLock::new(st),
             store,
+            history_flush: std::sync::Mutex::new(()),
         }))
     }
 
@@ -240,6 +245,7 @@ impl Fleet {
         }
         self.store.put_cluster(&cluster)?;
         insert_cluster(&mut st, cluster);
+        st.changed.send_modify(|v| *v += 1);
         Ok(true)
     }
 
@@ -464,12 +470,15 @@ impl Fleet {
             connected: true,
             last_seen: unix_now(),
         };
+        let changed = entry.changed.clone();
+        // Presence is on the status views.
+        st.changed.send_modify(|v| *v += 1);
         Some(Session {
             fleet: self.clone(),
             cluster,
             id,
             cancelled: token,
-            changed: entry.changed.clone(),
+            changed,
         })
     }
 
@@ -706,9 +715,11 @@ impl Fleet {
         Ok(true)
     }
 
-    /// Write the queued transitions to the store, outside the index lock. The hub calls it
-    /// every second; a history view calls it first.
+    /// Write the queued transitions to the store, outside the index lock. The hub's upkeep
+    /// task calls it every second (on a blocking thread: a fleet-wide commit queues one
+    /// transition per deployment).
     pub fn flush_history(&self) -> Result<(), StoreError> {
+        let _flushing = self.flush_guard();
         let queued = std::mem::take(&mut self.write().history);
         if queued.is_empty() {
             return Ok(());
@@ -721,6 +732,10 @@ impl Fleet {
             st.history.extend(newer);
         }
         written
+    }
+
+    fn flush_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.history_flush.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Commit-to-Ready latencies (seconds) observed since the last call, for the metrics.
@@ -739,14 +754,19 @@ impl Fleet {
         (connected, st.rollups.counts(&crate::rollup::Scope::Fleet))
     }
 
-    /// A deployment's last transitions, oldest first, including those not flushed yet.
+    /// A deployment's last transitions, oldest first, including those not written yet.
     pub fn history(
         &self,
         cluster: ClusterId,
         bundle: &BundleId,
     ) -> Result<Vec<Transition>, StoreError> {
-        self.flush_history()?;
-        self.store.history(cluster, bundle)
+        let _flushing = self.flush_guard();
+        let queued = queued_history(&self.read(), cluster);
+        Ok(with_queued(
+            self.store.history(cluster, bundle)?,
+            &queued,
+            bundle,
+        ))
     }
 
     /// Every cluster with its presence, by name.
@@ -1260,20 +1280,55 @@ fn view_state(placed: &Placed, reported: Option<&ReportedStatus>) -> (Deployment
 /// transition, queued for the store when `persist` (placement at start-up replays what is
 /// already there and records nothing).
 fn refresh(st: &mut State, persist: bool, cluster: ClusterId, bundle: &BundleId) {
-    let entry = st
-        .desired
-        .get(&cluster)
-        .and_then(|d| d.get(bundle))
-        .map(|p| {
-            let (state, message) = view_state(p, st.status.get(&(cluster, bundle.clone())));
-            RollupEntry::new(&p.repo, &p.env, state, message, &desired_revision(p))
-        });
-    let gone = entry.is_none();
-    let transition = st.rollups.set(cluster, bundle, entry, unix_now());
+    let State {
+        desired,
+        status,
+        rollups,
+        ..
+    } = st;
+    let update = desired.get(&cluster).and_then(|d| d.get(bundle)).map(|p| {
+        let reported = status.get(&(cluster, bundle.clone()));
+        let (state, message) = view_state(p, reported);
+        Update {
+            repo: &p.repo,
+            environment: &p.env,
+            state,
+            message,
+            revision: p.content.as_ref().map_or("", |c| c.revision.as_str()),
+        }
+    });
+    let gone = update.is_none();
+    let transition = rollups.set(cluster, bundle, update, unix_now());
     if persist && (gone || transition.is_some()) {
         st.history.push((cluster, bundle.clone(), transition));
     }
     st.changed.send_modify(|v| *v += 1);
+}
+
+/// The transitions of `cluster` still queued for the store, in order.
+fn queued_history(st: &State, cluster: ClusterId) -> Vec<(BundleId, Option<Transition>)> {
+    st.history
+        .iter()
+        .filter(|(c, _, _)| *c == cluster)
+        .map(|(_, b, t)| (b.clone(), t.clone()))
+        .collect()
+}
+
+/// A stored history with the queued changes of `bundle` applied, the last [`HISTORY`] kept.
+fn with_queued(
+    mut h: Vec<Transition>,
+    queued: &[(BundleId, Option<Transition>)],
+    bundle: &BundleId,
+) -> Vec<Transition> {
+    for (_, t) in queued.iter().filter(|(b, _)| b == bundle) {
+        match t {
+            Some(t) => h.push(t.clone()),
+            None => h.clear(),
+        }
+    }
+    let excess = h.len().saturating_sub(HISTORY);
+    h.drain(..excess);
+    h
 }
 
 fn short(rev: &str) -> &str {

@@ -231,8 +231,13 @@ async fn fleet_upkeep(fleet: Arc<Fleet>, metrics: Arc<Metrics>, shutdown: Cancel
             _ = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        if let Err(e) = fleet.flush_history() {
-            warn!(error = %e, "could not write deployment history; it will be retried");
+        let f = fleet.clone();
+        match tokio::task::spawn_blocking(move || f.flush_history()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not write deployment history; it will be retried");
+            }
+            Err(e) => warn!(error = %e, "the history writer failed"),
         }
         let (connected, states) = fleet.gauges();
         metrics.observe_fleet(connected, &states, &fleet.take_ready_latencies());

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     config.renderers.helm = args.helm;
     config.renderers.kubectl = args.kubectl;
     config.renderers.timeout = args.render_timeout;
+    args.ui.apply(&mut config);
     if let Some(dir) = args.credentials_dir {
         config.credentials_dir = dir;
     }

@@ -258,11 +258,19 @@ mod tests {
     #[test]
     fn fleet_figures_cover_every_state_and_the_latency_histogram() {
         use crate::model::{BundleId, ClusterId, DeploymentState};
-        use crate::rollup::{Entry, Rollups, Scope};
+        use crate::rollup::{Rollups, Scope, Update};
         let m = Metrics::default();
         let mut r = Rollups::default();
         let c = ClusterId::new();
-        let e = |s| Some(Entry::new("apps", "prod", s, String::new(), "c1"));
+        let e = |state| {
+            Some(Update {
+                repo: "apps",
+                environment: "prod",
+                state,
+                message: String::new(),
+                revision: "c1",
+            })
+        };
         r.set(c, &BundleId("apps/a".into()), e(DeploymentState::Ready), 0);
         r.set(
             c,

@@ -3,12 +3,14 @@
 //!
 //! Maintained incrementally: the fleet index calls [`Rollups::set`] whenever one deployment's
 //! state may have changed, and only that deployment's scopes move. Reading a rollup never
-//! scans deployments. A change of state or revision is a [`Transition`], which the caller
-//! keeps in the store (history is not held in memory: at 500,000 deployments it would cost
-//! hundreds of MiB for something read one cluster at a time). Pure: no I/O, no locks.
+//! scans deployments, and listing what is not Ready stops at the limit asked for. A change
+//! of state or revision is a [`Transition`], which the caller keeps in the store (history is
+//! not held in memory: at 500,000 deployments it would cost hundreds of MiB for something
+//! read one cluster at a time). Pure: no I/O, no locks.
 //!
-//! Memory: one [`Entry`] per deployment; GitRepo, environment and revision strings are
-//! shared (interned), so an entry costs its key, a few pointers and its message.
+//! Cost: each deployment remembers the indices of its six scopes, so a state change is six
+//! array updates, with no allocation; scope keys are built only when a deployment is first
+//! seen or moves to another GitRepo environment. Revision strings are shared (interned).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,13 +38,13 @@ pub const HISTORY: usize = 10;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     Fleet,
-    GitRepo(String),
+    GitRepo(Arc<str>),
     Bundle(BundleId),
     Cluster(ClusterId),
     /// An environment name across GitRepos ("" for GitRepos without environments).
-    Environment(String),
+    Environment(Arc<str>),
     /// One cell of the environments x bundles grid.
-    Cell(String, BundleId),
+    Cell(Arc<str>, BundleId),
 }
 
 /// Deployment counts by state.
@@ -98,7 +100,17 @@ pub struct Transition {
     pub message: String,
 }
 
-/// Where one deployment is counted, and its current state.
+/// One deployment's state, as [`Rollups::set`] takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Update<'a> {
+    pub repo: &'a str,
+    pub environment: &'a str,
+    pub state: DeploymentState,
+    pub message: String,
+    pub revision: &'a str,
+}
+
+/// One deployment as the views read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub repo: Arc<str>,
@@ -108,144 +120,220 @@ pub struct Entry {
     pub revision: Arc<str>,
 }
 
-impl Entry {
-    /// An entry whose strings are not shared yet ([`Rollups::set`] interns them).
-    pub fn new(
-        repo: &str,
-        environment: &str,
-        state: DeploymentState,
-        message: String,
-        revision: &str,
-    ) -> Self {
-        Entry {
-            repo: repo.into(),
-            environment: environment.into(),
-            state,
-            message,
-            revision: revision.into(),
-        }
-    }
+/// What is kept per deployment.
+struct Stored {
+    /// Indices into `Rollups::scopes`: fleet, GitRepo, bundle, cluster, environment, cell.
+    scopes: [u32; 6],
+    state: DeploymentState,
+    message: String,
+    revision: Arc<str>,
 }
+
+const GITREPO: usize = 1;
+const ENVIRONMENT: usize = 4;
 
 /// The rollups of a fleet.
 #[derive(Default)]
 pub struct Rollups {
-    counts: HashMap<Scope, Counts>,
-    entries: HashMap<(ClusterId, BundleId), Entry>,
-    /// Deployments not Ready, for "which clusters are not Ready and why".
-    unhealthy: BTreeSet<(ClusterId, BundleId)>,
-    /// GitRepo, environment and revision strings, one copy each. Grows by one revision per
-    /// commit seen; a few MiB after years of commits.
-    strings: HashSet<Arc<str>>,
+    ids: HashMap<Scope, u32>,
+    /// Every scope ever counted, with its counts (zero when it emptied).
+    scopes: Vec<(Scope, Counts)>,
+    entries: HashMap<ClusterId, HashMap<BundleId, Stored>>,
+    /// Deployments not Ready, per GitRepo scope, for "which clusters are not Ready and why".
+    unhealthy: BTreeMap<u32, BTreeMap<ClusterId, BTreeSet<BundleId>>>,
+    /// Revision strings, one copy each. Grows by one per commit seen: a few MiB after years.
+    revisions: HashSet<Arc<str>>,
 }
 
 impl Rollups {
-    fn scopes(cluster: ClusterId, bundle: &BundleId, e: &Entry) -> [Scope; 6] {
+    fn scope_id(&mut self, scope: Scope) -> u32 {
+        if let Some(id) = self.ids.get(&scope) {
+            return *id;
+        }
+        let id = u32::try_from(self.scopes.len()).expect("fewer than 2^32 scopes");
+        self.ids.insert(scope.clone(), id);
+        self.scopes.push((scope, Counts::default()));
+        id
+    }
+
+    fn scope_ids(&mut self, cluster: ClusterId, bundle: &BundleId, u: &Update) -> [u32; 6] {
+        let repo: Arc<str> = u.repo.into();
+        let env: Arc<str> = u.environment.into();
         [
-            Scope::Fleet,
-            Scope::GitRepo(e.repo.to_string()),
-            Scope::Bundle(bundle.clone()),
-            Scope::Cluster(cluster),
-            Scope::Environment(e.environment.to_string()),
-            Scope::Cell(e.environment.to_string(), bundle.clone()),
+            self.scope_id(Scope::Fleet),
+            self.scope_id(Scope::GitRepo(repo)),
+            self.scope_id(Scope::Bundle(bundle.clone())),
+            self.scope_id(Scope::Cluster(cluster)),
+            self.scope_id(Scope::Environment(env.clone())),
+            self.scope_id(Scope::Cell(env, bundle.clone())),
         ]
     }
 
-    fn intern(&mut self, s: &Arc<str>) -> Arc<str> {
-        if let Some(shared) = self.strings.get(s) {
-            return shared.clone();
+    fn name(&self, id: u32) -> &Arc<str> {
+        match &self.scopes[id as usize].0 {
+            Scope::GitRepo(n) | Scope::Environment(n) => n,
+            other => unreachable!("scope {other:?} has no name"),
         }
-        self.strings.insert(s.clone());
-        s.clone()
     }
 
-    fn count(&mut self, cluster: ClusterId, bundle: &BundleId, e: &Entry, n: i64) {
-        for scope in Self::scopes(cluster, bundle, e) {
-            let c = self.counts.entry(scope.clone()).or_default();
-            c.add(e.state, n);
-            if c.total() == 0 {
-                self.counts.remove(&scope);
+    fn count(&mut self, scopes: &[u32; 6], state: DeploymentState, n: i64) {
+        for id in scopes {
+            self.scopes[*id as usize].1.add(state, n);
+        }
+    }
+
+    fn revision(&mut self, r: &str) -> Arc<str> {
+        if let Some(shared) = self.revisions.get(r) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = r.into();
+        self.revisions.insert(shared.clone());
+        shared
+    }
+
+    fn mark(&mut self, repo: u32, cluster: ClusterId, bundle: &BundleId, unhealthy: bool) {
+        if unhealthy {
+            self.unhealthy
+                .entry(repo)
+                .or_default()
+                .entry(cluster)
+                .or_default()
+                .insert(bundle.clone());
+        } else if let Some(by_cluster) = self.unhealthy.get_mut(&repo)
+            && let Some(bundles) = by_cluster.get_mut(&cluster)
+        {
+            bundles.remove(bundle);
+            if bundles.is_empty() {
+                by_cluster.remove(&cluster);
             }
         }
     }
 
-    /// Set one deployment's entry (None: it is gone). Returns the transition, if the state
+    /// Set one deployment's state (None: it is gone). Returns the transition, if the state
     /// or the revision changed (a deployment seen for the first time is one too).
     pub fn set(
         &mut self,
         cluster: ClusterId,
         bundle: &BundleId,
-        entry: Option<Entry>,
+        update: Option<Update<'_>>,
         now: i64,
     ) -> Option<Transition> {
-        let key = (cluster, bundle.clone());
-        let old = self.entries.get(&key).cloned();
-        if old == entry {
-            return None;
-        }
-        if let Some(o) = &old {
-            self.count(cluster, bundle, o, -1);
-        }
-        let Some(mut e) = entry else {
-            self.entries.remove(&key);
-            self.unhealthy.remove(&key);
+        let old = self
+            .entries
+            .get(&cluster)
+            .and_then(|m| m.get(bundle))
+            .map(|o| (o.scopes, o.state, o.revision.clone()));
+        let Some(u) = update else {
+            let (scopes, state, _) = old?;
+            self.count(&scopes, state, -1);
+            self.mark(scopes[GITREPO], cluster, bundle, false);
+            if let Some(m) = self.entries.get_mut(&cluster) {
+                m.remove(bundle);
+                if m.is_empty() {
+                    self.entries.remove(&cluster);
+                }
+            }
             return None;
         };
-        e.repo = self.intern(&e.repo);
-        e.environment = self.intern(&e.environment);
-        e.revision = self.intern(&e.revision);
-        self.count(cluster, bundle, &e, 1);
-        if e.state == DeploymentState::Ready {
-            self.unhealthy.remove(&key);
-        } else {
-            self.unhealthy.insert(key.clone());
-        }
-        let changed = old
+        let same_place = old.as_ref().is_some_and(|(s, _, _)| {
+            **self.name(s[GITREPO]) == *u.repo && **self.name(s[ENVIRONMENT]) == *u.environment
+        });
+        let scopes = match &old {
+            Some((s, _, _)) if same_place => *s,
+            _ => self.scope_ids(cluster, bundle, &u),
+        };
+        let changed = match &old {
+            Some((s, state, revision)) => {
+                let moved = *s != scopes || *state != u.state;
+                if moved {
+                    self.count(s, *state, -1);
+                    self.mark(s[GITREPO], cluster, bundle, false);
+                }
+                moved || **revision != *u.revision
+            }
+            None => true,
+        };
+        let entered = old
             .as_ref()
-            .is_none_or(|o| o.state != e.state || o.revision != e.revision);
+            .is_none_or(|(s, state, _)| *s != scopes || *state != u.state);
+        if entered {
+            self.count(&scopes, u.state, 1);
+            self.mark(
+                scopes[GITREPO],
+                cluster,
+                bundle,
+                u.state != DeploymentState::Ready,
+            );
+        }
+        let revision = self.revision(u.revision);
         let t = changed.then(|| Transition {
             at: now,
-            state: e.state,
-            revision: e.revision.to_string(),
-            message: e.message.clone(),
+            state: u.state,
+            revision: u.revision.to_string(),
+            message: u.message.clone(),
         });
-        self.entries.insert(key, e);
+        let stored = Stored {
+            scopes,
+            state: u.state,
+            message: u.message,
+            revision,
+        };
+        let per_cluster = self.entries.entry(cluster).or_default();
+        match per_cluster.get_mut(bundle) {
+            Some(slot) => *slot = stored,
+            None => {
+                per_cluster.insert(bundle.clone(), stored);
+            }
+        }
         t
     }
 
     /// The counts of one scope.
     pub fn counts(&self, scope: &Scope) -> Counts {
-        self.counts.get(scope).copied().unwrap_or_default()
+        self.ids
+            .get(scope)
+            .map(|id| self.scopes[*id as usize].1)
+            .unwrap_or_default()
     }
 
-    /// Every scope of one kind with its counts, e.g. all environments.
+    /// Every scope `f` accepts that counts at least one deployment, with its counts, sorted.
     pub fn scopes_where(&self, f: impl Fn(&Scope) -> bool) -> Vec<(Scope, Counts)> {
         let mut out: Vec<_> = self
-            .counts
+            .scopes
             .iter()
-            .filter(|(s, _)| f(s))
-            .map(|(s, c)| (s.clone(), *c))
+            .filter(|(s, c)| c.total() > 0 && f(s))
+            .cloned()
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
-    /// The deployments not Ready, with their entry, optionally only those `keep` accepts.
+    /// Up to `limit` deployments not Ready, of GitRepo `repo` or of every GitRepo, and how
+    /// many there are in all. Costs the `limit`, not the number of deployments.
     pub fn unhealthy(
         &self,
-        keep: impl Fn(ClusterId, &BundleId, &Entry) -> bool,
+        repo: Option<&str>,
         limit: usize,
     ) -> (Vec<(ClusterId, BundleId, Entry)>, usize) {
+        let counts = match repo {
+            Some(r) => self.counts(&Scope::GitRepo(r.into())),
+            None => self.counts(&Scope::Fleet),
+        };
+        let total = (counts.total() - counts.get(DeploymentState::Ready)) as usize;
+        let repo_id = repo.map(|r| self.ids.get(&Scope::GitRepo(r.into())).copied());
         let mut out = Vec::new();
-        let mut total = 0;
-        for (c, b) in &self.unhealthy {
-            let Some(e) = self.entries.get(&(*c, b.clone())) else {
+        'repos: for (id, by_cluster) in &self.unhealthy {
+            if repo_id.is_some_and(|want| want != Some(*id)) {
                 continue;
-            };
-            if keep(*c, b, e) {
-                total += 1;
-                if out.len() < limit {
-                    out.push((*c, b.clone(), e.clone()));
+            }
+            for (cluster, bundles) in by_cluster {
+                for bundle in bundles {
+                    if out.len() >= limit {
+                        break 'repos;
+                    }
+                    if let Some(e) = self.entry(*cluster, bundle) {
+                        out.push((*cluster, bundle.clone(), e));
+                    }
                 }
             }
         }
@@ -253,8 +341,15 @@ impl Rollups {
     }
 
     /// A deployment's entry.
-    pub fn entry(&self, cluster: ClusterId, bundle: &BundleId) -> Option<&Entry> {
-        self.entries.get(&(cluster, bundle.clone()))
+    pub fn entry(&self, cluster: ClusterId, bundle: &BundleId) -> Option<Entry> {
+        let s = self.entries.get(&cluster)?.get(bundle)?;
+        Some(Entry {
+            repo: self.name(s.scopes[GITREPO]).clone(),
+            environment: self.name(s.scopes[ENVIRONMENT]).clone(),
+            state: s.state,
+            message: s.message.clone(),
+            revision: s.revision.clone(),
+        })
     }
 }
 
@@ -262,8 +357,19 @@ impl Rollups {
 mod tests {
     use super::*;
 
-    fn entry(repo: &str, env: &str, state: DeploymentState, rev: &str) -> Option<Entry> {
-        Some(Entry::new(repo, env, state, format!("{state:?}"), rev))
+    fn entry<'a>(
+        repo: &'a str,
+        env: &'a str,
+        state: DeploymentState,
+        rev: &'a str,
+    ) -> Option<Update<'a>> {
+        Some(Update {
+            repo,
+            environment: env,
+            state,
+            message: format!("{state:?}"),
+            revision: rev,
+        })
     }
 
     #[test]
@@ -293,13 +399,27 @@ mod tests {
             r.counts(&Scope::Cell("dev".into(), web.clone())).by_name(),
             BTreeMap::from([("NotReady", 1)])
         );
-        let (bad, total) = r.unhealthy(|_, _, e| &*e.environment == "dev", 10);
-        assert_eq!((bad.len(), total, bad[0].0), (1, 1, b));
-        // Gone: every scope forgets it.
-        r.set(b, &web, None, 3);
+        let (bad, total) = r.unhealthy(Some("apps"), 10);
+        assert_eq!((bad.len(), total), (2, 2));
+        let (bad, total) = r.unhealthy(None, 1);
+        assert_eq!((bad.len(), total), (1, 2), "the list stops at the limit");
+        assert_eq!(r.unhealthy(Some("other"), 10).1, 0);
+        // Moving to another environment moves every scope that depends on it.
+        r.set(b, &web, entry("apps", "prod", NotReady, "c1"), 3);
         assert_eq!(r.counts(&Scope::Environment("dev".into())).total(), 0);
-        assert!(r.scopes_where(|s| matches!(s, Scope::Environment(_))).len() == 1);
+        assert_eq!(r.counts(&Scope::Environment("prod".into())).total(), 3);
+        assert_eq!(r.entry(b, &web).map(|e| e.environment), Some("prod".into()));
+        // Gone: every scope forgets it.
+        r.set(b, &web, None, 4);
+        assert_eq!(r.counts(&Scope::Environment("prod".into())).total(), 2);
+        assert_eq!(
+            r.scopes_where(|s| matches!(s, Scope::Environment(_))).len(),
+            1,
+            "an emptied scope is not listed"
+        );
         assert_eq!(r.counts(&Scope::Fleet).total(), 2);
+        r.set(a, &db, entry("apps", "prod", Ready, "c1"), 5);
+        assert_eq!(r.unhealthy(None, 10), (vec![], 0));
     }
 
     #[test]
@@ -311,12 +431,14 @@ mod tests {
         let first = r.set(c, &b, entry("r", "", Pending, "c1"), 1);
         assert_eq!(first.map(|t| (t.state, t.at)), Some((Pending, 1)));
         assert!(r.set(c, &b, entry("r", "", Ready, "c1"), 2).is_some());
-        // Same state and revision, new message: no transition.
+        // Same state and revision, new message: no transition, but the message is kept.
         let mut same = entry("r", "", Ready, "c1").unwrap();
         same.message = "other".into();
         assert!(r.set(c, &b, Some(same), 3).is_none());
+        assert_eq!(r.entry(c, &b).unwrap().message, "other");
         let moved = r.set(c, &b, entry("r", "", Ready, "c2"), 4);
         assert_eq!(moved.map(|t| t.revision), Some("c2".to_string()));
+        assert_eq!(r.counts(&Scope::Fleet).total(), 1);
         // Strings are shared between deployments.
         let other = BundleId("r/db".into());
         r.set(c, &other, entry("r", "", Ready, "c2"), 5);

@@ -97,6 +97,8 @@ pub struct ServeArgs {
     /// Also accept TLS 1.2 clients (TLS 1.3 only by default).
     #[arg(long)]
     pub allow_tls12: bool,
+    #[command(flatten)]
+    pub ui: crate::ui::UiArgs,
     /// The https URL agents use to reach the hub, when it differs from --listen (behind a
     /// Service or load balancer); `flotilla agent manifest` puts it in the agent's Secret.
     #[arg(long, env = "FLOTILLA_AGENT_URL", value_parser = crate::config::parse_agent_url)]

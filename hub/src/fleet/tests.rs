@@ -584,6 +584,11 @@ fn transitions_reach_the_store_and_commit_to_ready_is_measured_once() {
         // The view reads it from the store too.
         let v = f.cluster_view("east", true).unwrap();
         assert_eq!(v["deployments"][0]["history"][5]["state"], "OutOfSync");
+        // Until written (the hub's upkeep does it each second and at shutdown), the queue
+        // holds them; reads see both.
+        f.flush_history().unwrap();
+        assert_eq!(f.history(east.id, &app).unwrap().len(), 6);
+        assert_eq!(f.store().history(east.id, &app).unwrap().len(), 6);
     }
     // After a restart the history is still there and nothing is appended for what was known.
     let f = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();

@@ -76,14 +76,14 @@ impl Fleet {
                 .collect()
         };
         let gitrepos = scoped(|s| match s {
-            Scope::GitRepo(n) => Some(n.clone()),
+            Scope::GitRepo(n) => Some(n.to_string()),
             _ => None,
         });
         let envs = scoped(|s| match s {
-            Scope::Environment(n) => Some(n.clone()),
+            Scope::Environment(n) => Some(n.to_string()),
             _ => None,
         });
-        let (not_ready, not_ready_total) = r.unhealthy(|_, _, _| true, NOT_READY_LIMIT);
+        let (not_ready, not_ready_total) = r.unhealthy(None, NOT_READY_LIMIT);
         let connected = st
             .clusters
             .values()
@@ -140,7 +140,7 @@ impl Fleet {
     pub fn gitrepo_view(&self, name: &str) -> Value {
         let st = self.read();
         let r = &st.rollups;
-        let counts = r.counts(&Scope::GitRepo(name.to_string()));
+        let counts = r.counts(&Scope::GitRepo(name.into()));
         let prefix = format!("{name}/");
         let bundles: Vec<Value> = r
             .scopes_where(
@@ -170,7 +170,7 @@ impl Fleet {
                 _ => None,
             })
             .collect();
-        let (not_ready, total) = r.unhealthy(|_, _, e| &*e.repo == name, NOT_READY_LIMIT);
+        let (not_ready, total) = r.unhealthy(Some(name), NOT_READY_LIMIT);
         json!({
             "name": name,
             "total": counts.total(),
@@ -186,10 +186,14 @@ impl Fleet {
     /// One cluster: every deployment with its objects and, with `history`, its last
     /// transitions. None if there is no such cluster.
     pub fn cluster_view(&self, name: &str, history: bool) -> Option<Value> {
-        if history && let Err(e) = self.flush_history() {
-            tracing::warn!(error = %e, "could not write deployment history to the store");
-        }
+        // Held throughout, so that no transition is between the queue and the store.
+        let _flushing = history.then(|| self.flush_guard());
         let st = self.read();
+        let queued = if history {
+            super::queued_history(&st, id_of(&st, name)?)
+        } else {
+            Vec::new()
+        };
         let id = *st.names.get(name)?;
         let entry = st.clusters.get(&id)?;
         let counts = st.rollups.counts(&Scope::Cluster(id));
@@ -225,10 +229,13 @@ impl Fleet {
                 });
                 if history {
                     // Read from the store: history is not held in memory.
-                    let h = self.store.history(id, bundle).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "could not read deployment history");
-                        Vec::new()
-                    });
+                    let stored = self.store.history(id, bundle);
+                    let h = stored
+                        .map(|h| super::with_queued(h, &queued, bundle))
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "could not read deployment history");
+                            Vec::new()
+                        });
                     d["history"] = json!(
                         h.iter()
                             .map(|t| json!({"at": t.at, "state": t.state.as_str(),
@@ -276,4 +283,8 @@ impl Fleet {
             "worst": total.worst().map(DeploymentState::as_str), "states": counts_json(&total)}),
         )
     }
+}
+
+fn id_of(st: &super::State, name: &str) -> Option<crate::model::ClusterId> {
+    st.names.get(name).copied()
 }

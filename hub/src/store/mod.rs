@@ -227,55 +227,58 @@ impl Store {
         Ok(())
     }
     /// Apply queued history changes in order: a transition is appended to its deployment's
-    /// history (unless it repeats the last one's state and revision, as after a restart) and
-    /// the oldest dropped beyond `keep`; `None` forgets the deployment's history.
+    /// history, whose oldest entries beyond `keep` are dropped; `None` forgets the
+    /// deployment's history. Appends are blind writes (one key per transition, ordered by a
+    /// sequence number), so the cost is a write and a short key scan, never a decode.
     pub fn write_history(
         &self,
         changes: &[(ClusterId, BundleId, Option<Transition>)],
         keep: usize,
     ) -> Result<()> {
-        let mut batch: std::collections::HashMap<Vec<u8>, Option<Vec<Transition>>> =
-            std::collections::HashMap::new();
+        let mut batch = sled::Batch::default();
+        let mut touched: Vec<Vec<u8>> = Vec::new();
         for (cluster, bundle, change) in changes {
-            let key = status_key(*cluster, bundle);
-            let Some(t) = change else {
-                batch.insert(key, None);
-                continue;
-            };
-            let mut h = match batch.remove(&key) {
-                Some(h) => h.unwrap_or_default(),
-                None => self.read_history(&key)?,
-            };
-            if h.last()
-                .is_none_or(|l| l.state != t.state || l.revision != t.revision)
-            {
-                h.push(t.clone());
-            }
-            let excess = h.len().saturating_sub(keep);
-            h.drain(..excess);
-            batch.insert(key, Some(h));
-        }
-        let mut b = sled::Batch::default();
-        for (key, h) in batch {
-            match h {
-                Some(h) => b.insert(key, serde_json::to_vec(&h).expect("model types serialize")),
-                None => b.remove(key),
+            let prefix = history_prefix(*cluster, bundle);
+            match change {
+                Some(t) => {
+                    let mut key = prefix.clone();
+                    key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+                    batch.insert(key, serde_json::to_vec(t).expect("model types serialize"));
+                    touched.push(prefix);
+                }
+                None => {
+                    // Earlier appends of this batch first, so that they are forgotten too.
+                    self.history.apply_batch(std::mem::take(&mut batch))?;
+                    for key in self.history.scan_prefix(&prefix).keys() {
+                        self.history.remove(key?)?;
+                    }
+                }
             }
         }
-        self.history.apply_batch(b)?;
+        self.history.apply_batch(batch)?;
+        touched.sort();
+        touched.dedup();
+        for prefix in touched {
+            let keys: Vec<sled::IVec> = self
+                .history
+                .scan_prefix(&prefix)
+                .keys()
+                .collect::<std::result::Result<_, _>>()?;
+            for key in keys.iter().take(keys.len().saturating_sub(keep)) {
+                self.history.remove(key)?;
+            }
+        }
         Ok(())
     }
 
     /// A deployment's last transitions, oldest first.
     pub fn history(&self, cluster: ClusterId, bundle: &BundleId) -> Result<Vec<Transition>> {
-        self.read_history(&status_key(cluster, bundle))
-    }
-
-    fn read_history(&self, key: &[u8]) -> Result<Vec<Transition>> {
-        match self.history.get(key)? {
-            Some(v) => decode(HISTORY, key, &v),
-            None => Ok(Vec::new()),
+        let mut out = Vec::new();
+        for item in self.history.scan_prefix(history_prefix(cluster, bundle)) {
+            let (k, v) = item?;
+            out.push(decode(HISTORY, &k, &v)?);
         }
+        Ok(out)
     }
 
     /// Every stored status, with the deployment it belongs to.
@@ -314,6 +317,13 @@ fn bundle_key(b: &Bundle) -> Vec<u8> {
     } else {
         format!("{}\0{}", b.id, b.env).into_bytes()
     }
+}
+
+/// History keys: `<cluster>\0<bundle>\0<sequence, 8 bytes big-endian>`.
+fn history_prefix(cluster: ClusterId, bundle: &BundleId) -> Vec<u8> {
+    let mut key = status_key(cluster, bundle);
+    key.push(0);
+    key
 }
 
 fn status_key(cluster: ClusterId, bundle: &BundleId) -> Vec<u8> {
