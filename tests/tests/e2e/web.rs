@@ -1,19 +1,37 @@
 //! The status page in headless Chromium, asserted on its content: everything Ready on load;
 //! a failure in one environment appears on the same page without a reload (in its grid cell
 //! and in the not-Ready list, with the reason); the cluster page shows the object's error;
-//! the recovery appears live too. The failure: an object the API server refuses
-//! (ErrApplied).
+//! the recovery appears live too. Two failures: an object the API server refuses
+//! (ErrApplied) and a Deployment that never becomes available (NotReady).
 
 use flotilla_proto::agent::v1::DeploymentState;
 use flotilla_tests::browser::Browser;
-use flotilla_tests::fleet::TestFleet;
+use flotilla_tests::fleet::{TestFleet, wait_for};
 use flotilla_tests::git_server::TestRepo;
+use serde_json::{Value, json};
 
 fn config_map(name: &str) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  greeting: hello\n"
     )
 }
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+";
 
 /// GitRepo `apps` with two environments: prod follows main, staging its own branch.
 const GITREPO: &str = r#"
@@ -237,6 +255,60 @@ async fn status_page_follows_an_apply_error_and_its_recovery_live() -> anyhow::R
         text.contains("No cluster named “west”") && text.contains("flotilla cluster list"),
         "{text}"
     );
+    w.browser.close().await
+}
+
+/// A Deployment whose rollout exceeds its progress deadline: NotReady with the controller's
+/// reason, live; recovered when its replicas become available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_follows_a_deployment_that_never_becomes_available() -> anyhow::Result<()> {
+    let w = Watching::start().await?;
+    let kube = w.fleet.kube("stg-1");
+    kube.pause_workload_controllers(true);
+    w.repo.write("web/deployment.yaml", DEPLOYMENT)?;
+    w.commit("a Deployment").await?;
+    wait_for("the Deployment applied", || async {
+        kube.get_object("apps/v1", "Deployment", Some("default"), "web")
+            .map(drop)
+    })
+    .await?;
+    let status = |available: u32, progressing: Value| {
+        json!({"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3,
+            "availableReplicas": available, "conditions": [progressing]})
+    };
+    let deadline = json!({"type": "Progressing", "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet \"web-5d9\" has timed out progressing."});
+    kube.set_status(
+        "apps/v1",
+        "Deployment",
+        Some("default"),
+        "web",
+        status(0, deadline),
+    )?;
+    w.sees_failure(
+        "NotReady",
+        &["ProgressDeadlineExceeded", "timed out progressing"],
+    )
+    .await?;
+    let object = w.drill_down("NotReady", "NotReady").await?;
+    assert!(
+        object.contains("Deployment") && object.contains("default/web"),
+        "{object}"
+    );
+    assert!(object.contains("ProgressDeadlineExceeded"), "{object}");
+    assert!(object.contains("web/deployment.yaml"), "{object}");
+
+    let done = json!({"type": "Progressing", "status": "True",
+        "reason": "NewReplicaSetAvailable"});
+    kube.set_status(
+        "apps/v1",
+        "Deployment",
+        Some("default"),
+        "web",
+        status(3, done),
+    )?;
+    w.sees_recovery("NotReady").await?;
     w.browser.close().await
 }
 
