@@ -28,6 +28,12 @@ const NOISY_METADATA: &[&str] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Fingerprint([u8; 32]);
 
+impl Fingerprint {
+    /// Matches no live object: what is known of an object that has not been looked at yet
+    /// (a held deployment after a restart), so that the next sight of it is checked.
+    pub const UNKNOWN: Fingerprint = Fingerprint([0; 32]);
+}
+
 /// The fingerprint of a live object.
 pub(crate) fn fingerprint(obj: &Value) -> Fingerprint {
     let mut hasher = Sha256::new();

@@ -40,6 +40,8 @@
 //!   (fleet.yaml `keepResources`) release: objects left on the cluster without ownership marks.
 //!   Between runs each worker watches its objects (`reconcile::observe`, fed by
 //!   `reconcile::route`): health, drift (Modified, or reverted with `correctDrift`), Missing.
+//!   After a (re)start, held contents are taken up to be watched, not applied
+//!   (`hub_client::resume` → `reconcile::resume`).
 //! - `plan`, `status`, `model`: pure decisions and domain types, tested without a cluster.
 //!   `status::summarize` rolls objects up: ErrApplied > WaitApplied > Missing > Modified >
 //!   NotReady > Ready, with the first such object's message.
@@ -62,6 +64,12 @@
 //! `reconcile::route` (by the `flotilla.dev/deployment-id` annotation) → the worker's
 //! `Observed` (health; a changed fingerprint → GET + `dryRun=All` apply → drift) →
 //! `status::StatusBoard`.
+//!
+//! After a (re)start: inventories with a settled content (`Hello` reports them, the hub
+//! resends nothing) → after `SyncComplete`, their manifests (cache, else `FetchManifests`) →
+//! the worker's observe target: kinds resolved, watches started, each object read and
+//! dry-run checked → `status::StatusBoard`. Nothing that did not drift is applied; the
+//! inventory is not written; any word from the hub on the deployment wins.
 //!
 //! # Identity lifecycle
 //! Registered once with a token (from `--token` or the bootstrap Secret); renewed on the live

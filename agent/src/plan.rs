@@ -238,6 +238,21 @@ pub(crate) fn settle_namespace(
     }
 }
 
+/// The body the agent applies for `manifest` (and compares the cluster with): its namespace
+/// settled for the kind's scope, ownership marks on. One recipe for apply runs and for
+/// watching held deployments again, so a dry run after a restart sends what an apply sent.
+pub(crate) fn applied_body(
+    manifest: &Value,
+    namespaced: bool,
+    default_namespace: &str,
+    deployment_id: &str,
+) -> Value {
+    let mut body = manifest.clone();
+    settle_namespace(&mut body, namespaced, default_namespace);
+    mark_owned(&mut body, deployment_id);
+    body
+}
+
 /// What a manifest says about itself, checked before anything is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ManifestHead {

@@ -128,7 +128,8 @@ impl FakeApi {
     /// `widgets.example.com` exists (after `lag` more 404s). Names with capitals or `_` are
     /// refused with 422 as a real server does. Like a real server, every write moves the
     /// object to a new `resourceVersion` (unique across the store), an object gets a `uid`
-    /// when created, and merge patches and deletes honour their preconditions (409).
+    /// when created, and merge patches and deletes honour their preconditions (409). A
+    /// `dryRun=All` apply answers what it would store and stores nothing.
     pub async fn stateful(lag: usize) -> (Self, Store) {
         let store: Store = Arc::default();
         let s = store.clone();
@@ -378,6 +379,10 @@ fn handle(store: &Store, lag: &Lag, r: &Recorded) -> Reply {
             let mut body = r.json();
             if body["kind"] == "CustomResourceDefinition" {
                 body["status"] = json!({"conditions": [{"type": "Established", "status": "True"}]});
+            }
+            if r.target.contains("dryRun=All") {
+                // What the apply would store, without storing it.
+                return Reply::json(200, apply(&mut objects.clone(), path, body));
             }
             Reply::json(200, apply(&mut objects, path, body))
         }

@@ -1,6 +1,7 @@
 //! What a session does with the deployments the hub sends: batches them, fetches the
 //! manifests the cache lacks with one `FetchManifests`, hands complete deployments to the
-//! reconciler and `Ack`s them; and what `Hello` reports as held. Fetches go over the
+//! reconciler and `Ack`s them; and what `Hello` reports as held. Held contents to watch again
+//! (`super::resume`) go through the same queue, after what the hub sent. Fetches go over the
 //! session's connection until the certificate is renewed, then over a new connection with the
 //! current one (the hub refuses calls on a connection whose certificate it superseded).
 
@@ -24,6 +25,8 @@ use crate::status::failed_whole;
 pub(super) enum Work {
     Deploy(Deployment),
     Remove(Removal),
+    /// A content the cluster holds, to watch again without applying it.
+    Resume(Deployment),
 }
 
 impl HubClient {
@@ -65,39 +68,24 @@ impl HubClient {
         batch: Vec<Work>,
         out: &mpsc::Sender<pb::AgentMessage>,
     ) -> Result<(), SessionError> {
-        let batch = latest_per_deployment(batch);
-        // Hold what the cache has for the whole batch, so nothing is dropped under our feet.
-        let mut have: HashMap<String, Arc<Value>> = HashMap::new();
-        let mut missing = BTreeSet::new();
-        for work in &batch {
-            let Work::Deploy(d) = work else { continue };
-            if self
-                .reconciler
-                .is_desired(&d.deployment_id, &d.content_hash)
+        let (held, batch): (Vec<Work>, Vec<Work>) = latest_per_deployment(batch)
+            .into_iter()
+            .partition(|w| matches!(w, Work::Resume(_)));
+        let wanted = batch.iter().filter_map(|w| match w {
+            Work::Deploy(d)
+                if !self
+                    .reconciler
+                    .is_desired(&d.deployment_id, &d.content_hash) =>
             {
-                continue;
+                Some(d)
             }
-            for m in &d.manifests {
-                match self.cache.get(&m.hash) {
-                    Some(v) => drop(have.insert(m.hash.clone(), v)),
-                    None => drop(missing.insert(m.hash.clone())),
-                }
-            }
-        }
-        let mut fetched = Fetched::default();
-        if !missing.is_empty() {
-            debug!(manifests = missing.len(), "fetching manifests");
-            // Any refusal here (even PERMISSION_DENIED for a hash the hub replaced meanwhile) is
-            // healed by a new session: the hub then sends its current desired state again.
-            fetched = manifests::fetch(channel.clone(), missing)
-                .await
-                .map_err(|s| {
-                    SessionError::Hub(format!("fetching manifests: {}: {}", s.code(), s.message()))
-                })?;
-            self.cache.insert_all(&fetched.good);
-            debug!(cached = self.cache.live(), "manifests fetched");
-        }
-        fetched.good.extend(have);
+            _ => None,
+        });
+        // Any refusal here (even PERMISSION_DENIED for a hash the hub replaced meanwhile) is
+        // healed by a new session: the hub then sends its current desired state again.
+        let fetched = self.manifests_of(channel, wanted).await.map_err(|s| {
+            SessionError::Hub(format!("fetching manifests: {}: {}", s.code(), s.message()))
+        })?;
         for work in batch {
             match work {
                 Work::Remove(removal) => {
@@ -105,9 +93,40 @@ impl HubClient {
                     self.reconciler.remove(removal);
                 }
                 Work::Deploy(d) => self.accept(d, &fetched, out).await?,
+                Work::Resume(_) => {}
             }
         }
-        Ok(())
+        let held = held.into_iter().filter_map(|w| match w {
+            Work::Resume(d) => Some(d),
+            _ => None,
+        });
+        self.resume(channel, held.collect()).await
+    }
+
+    /// The manifests of `deployments`: what the cache has, the rest fetched (and cached).
+    pub(super) async fn manifests_of<'a>(
+        &self,
+        channel: &Channel,
+        deployments: impl IntoIterator<Item = &'a Deployment>,
+    ) -> Result<Fetched, tonic::Status> {
+        // Hold what the cache has for the whole batch, so nothing is dropped under our feet.
+        let mut have: HashMap<String, Arc<Value>> = HashMap::new();
+        let mut missing = BTreeSet::new();
+        for m in deployments.into_iter().flat_map(|d| &d.manifests) {
+            match self.cache.get(&m.hash) {
+                Some(v) => drop(have.insert(m.hash.clone(), v)),
+                None => drop(missing.insert(m.hash.clone())),
+            }
+        }
+        let mut fetched = Fetched::default();
+        if !missing.is_empty() {
+            debug!(manifests = missing.len(), "fetching manifests");
+            fetched = manifests::fetch(channel.clone(), missing).await?;
+            self.cache.insert_all(&fetched.good);
+            debug!(cached = self.cache.live(), "manifests fetched");
+        }
+        fetched.good.extend(have);
+        Ok(fetched)
     }
 
     async fn accept(
@@ -172,23 +191,30 @@ pub(super) fn held(
 }
 
 /// Drops work that a later item of the same batch replaces (a deployment sent twice, or sent
-/// and then removed), so that no manifests are fetched for states already gone.
+/// and then removed), so that no manifests are fetched for states already gone. A held content
+/// to watch again is older news than anything the hub sent: any other word on the same
+/// deployment in the batch drops it, wherever it stands.
 fn latest_per_deployment(batch: Vec<Work>) -> Vec<Work> {
     let id = |w: &Work| match w {
-        Work::Deploy(d) => d.deployment_id.clone(),
+        Work::Deploy(d) | Work::Resume(d) => d.deployment_id.clone(),
         Work::Remove(r) => r.deployment_id.clone(),
     };
-    let last: HashMap<String, usize> = batch.iter().enumerate().map(|(i, w)| (id(w), i)).collect();
+    let last: HashMap<String, usize> = batch
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !matches!(w, Work::Resume(_)))
+        .map(|(i, w)| (id(w), i))
+        .collect();
     batch
         .into_iter()
         .enumerate()
-        .filter(|(i, w)| last[&id(w)] == *i)
+        .filter(|(i, w)| last.get(&id(w)).is_none_or(|l| l == i))
         .map(|(_, w)| w)
         .collect()
 }
 
 /// The manifests of a deployment, in its order, or why they are not all usable.
-fn collect(d: &Deployment, fetched: &Fetched) -> Result<Vec<Arc<Value>>, String> {
+pub(super) fn collect(d: &Deployment, fetched: &Fetched) -> Result<Vec<Arc<Value>>, String> {
     d.manifests
         .iter()
         .map(|m| {
@@ -209,7 +235,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_keeps_only_the_latest_word_per_deployment() {
+    fn a_batch_keeps_only_the_latest_word_per_deployment_and_held_ones_are_the_oldest() {
         let deploy = |id: &str, hash: &str| {
             Work::Deploy(Deployment {
                 deployment_id: id.into(),
@@ -223,21 +249,29 @@ mod tests {
                 keep_resources: false,
             })
         };
+        let resume = |id: &str, hash: &str| match deploy(id, hash) {
+            Work::Deploy(d) => Work::Resume(d),
+            _ => unreachable!(),
+        };
         let batch = vec![
+            resume("a", "0"),
             deploy("a", "1"),
             deploy("b", "1"),
             deploy("a", "2"),
             remove("b"),
+            resume("b", "0"),
             deploy("c", "1"),
+            resume("e", "0"),
         ];
         let kept: Vec<String> = latest_per_deployment(batch)
             .into_iter()
             .map(|w| match w {
                 Work::Deploy(d) => format!("deploy {} {}", d.deployment_id, d.content_hash),
                 Work::Remove(r) => format!("remove {}", r.deployment_id),
+                Work::Resume(d) => format!("resume {} {}", d.deployment_id, d.content_hash),
             })
             .collect();
-        assert_eq!(kept, ["deploy a 2", "remove b", "deploy c 1"]);
+        assert_eq!(kept, ["deploy a 2", "remove b", "deploy c 1", "resume e 0"]);
     }
 
     #[tokio::test]
@@ -322,7 +356,7 @@ mod tests {
             backoff: BackoffConfig::default(),
             connected: Default::default(),
         };
-        let Some(Out::Hello(hello)) = client.hello().await.unwrap().kind else {
+        let Some(Out::Hello(hello)) = client.hello().await.unwrap().0.kind else {
             panic!("not a Hello");
         };
         let held: Vec<(&str, &str)> = hello

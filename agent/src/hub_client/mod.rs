@@ -3,7 +3,8 @@
 //! One long-lived `Connect` stream at a time, over mTLS, with the identity current when it
 //! opens. Each session says `Hello` (agent and Kubernetes versions, the deployments held: per
 //! the inventories and the reconciler's current targets), then answers `Ping`s, fetches the
-//! manifests of new deployments, hands them to the reconciler, `Ack`s them, sends status
+//! manifests of new deployments, hands them to the reconciler, `Ack`s them, after the hub's
+//! `SyncComplete` has the held contents no worker has watched again, sends status
 //! changes in coalesced batches, and renews the client certificate on the stream before it
 //! expires. When a session ends the client reconnects forever with exponential backoff and
 //! full jitter. A certificate that expired meanwhile is replaced by registering again with the
@@ -12,6 +13,7 @@
 //! - `convert`: wire ↔ domain types;
 //! - `credentials`: the current identity and trust, saved before they are used;
 //! - `session`: one stream; `dispatch`: deployments → manifests → reconciler;
+//! - `resume`: held contents (after a restart) → manifests → reconciler, to watch, not apply;
 //! - `renewal`: renewing on the stream; `recovery`: registering again after expiry;
 //! - `manifests`: the shared manifest cache and `FetchManifests`;
 //! - `register`: TLS endpoints and registration.
@@ -23,6 +25,7 @@ mod manifests;
 mod recovery;
 mod register;
 mod renewal;
+mod resume;
 mod session;
 
 use std::sync::Arc;

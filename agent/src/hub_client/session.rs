@@ -1,6 +1,7 @@
 //! One `Connect` stream, from `Hello` until it breaks: answers `Ping`s, passes deployments to
-//! the dispatcher, sends status in coalesced batches, and renews the client certificate on
-//! the stream when its time comes or when the hub's trust update asks for it.
+//! the dispatcher (and, after the hub's `SyncComplete`, the held contents to watch again),
+//! sends status in coalesced batches, and renews the client certificate on the stream when
+//! its time comes or when the hub's trust update asks for it.
 
 use flotilla_proto::agent::v1 as pb;
 use flotilla_proto::agent::v1::agent_message::Kind as Out;
@@ -14,10 +15,13 @@ use tracing::{debug, info, warn};
 use super::credentials::Change;
 use super::dispatch::{Work, held};
 use super::renewal::Renewal;
+use super::resume::resumable;
 use super::{FLUSH_EVERY, HubClient, OUTBOX, SessionError, convert};
+use crate::model::Deployment;
 
 impl HubClient {
-    pub(super) async fn hello(&self) -> Result<pb::AgentMessage, SessionError> {
+    /// The `Hello` of a new session, and the held contents it must watch again.
+    pub(super) async fn hello(&self) -> Result<(pb::AgentMessage, Vec<Deployment>), SessionError> {
         // Targets first: until this session dispatches, they only change by a worker that ends
         // after deleting its inventory, so the list below cannot show one the targets missed.
         let targets = self.reconciler.targets();
@@ -26,6 +30,7 @@ impl HubClient {
             .list_inventories()
             .await
             .map_err(SessionError::Cluster)?;
+        let resume = resumable(&inventories, &targets);
         let held: Vec<pb::HeldDeployment> = held(inventories, targets)
             .into_iter()
             .map(convert::held_to_proto)
@@ -39,14 +44,15 @@ impl HubClient {
             kubernetes_version,
             held,
         };
-        Ok(pb::AgentMessage {
+        let hello = pb::AgentMessage {
             kind: Some(Out::Hello(hello)),
-        })
+        };
+        Ok((hello, resume))
     }
 
     /// One stream, from `Hello` until it breaks. `up_since` is set once the hub accepted it.
     pub(super) async fn session(&self, up_since: &mut Option<Instant>) -> Result<(), SessionError> {
-        let hello = self.hello().await?;
+        let (hello, mut resume) = self.hello().await?;
         // The identity and trust of this moment: a renewal on an earlier stream counts here.
         let endpoint = self
             .credentials
@@ -80,7 +86,7 @@ impl HubClient {
             tokio::select! {
                 message = inbound.message() => match message.map_err(SessionError::from_status)? {
                     None => return Ok(()),
-                    Some(m) => self.receive(m, &out, &work_tx, &mut renewal).await?,
+                    Some(m) => self.receive(m, &out, &work_tx, &mut renewal, &mut resume).await?,
                 },
                 _ = tokio::time::sleep_until(renewal.wake_at()) => self.renew(&mut renewal, &out).await?,
                 _ = self.board.changed(), if flush_at.is_none() => {
@@ -102,14 +108,21 @@ impl HubClient {
         out: &mpsc::Sender<pb::AgentMessage>,
         work: &mpsc::UnboundedSender<Work>,
         renewal: &mut Renewal,
+        resume: &mut Vec<Deployment>,
     ) -> Result<(), SessionError> {
         match m.kind {
             Some(In::Ping(p)) => send(out, Out::Pong(pb::Pong { nonce: p.nonce })).await?,
             Some(In::Deploy(d)) => drop(work.send(Work::Deploy(convert::deployment_from_proto(d)))),
             Some(In::Remove(r)) => drop(work.send(Work::Remove(convert::removal_from_proto(r)))),
             // Held deployments the hub did not answer about are unchanged; it sends a Removal
-            // for the ones it no longer wants, so nothing is pruned on this signal alone.
-            Some(In::SyncComplete(_)) => info!("in sync with the hub"),
+            // for the ones it no longer wants, so nothing is pruned on this signal alone. Its
+            // answers are queued by now, so the held contents to watch again go behind them.
+            Some(In::SyncComplete(_)) => {
+                info!(held = resume.len(), "in sync with the hub");
+                for d in resume.drain(..) {
+                    drop(work.send(Work::Resume(d)));
+                }
+            }
             Some(In::Certificate(c)) => {
                 let issued = convert::issued_from_proto(c);
                 if let Some(change) = renewal.answered(issued, &self.credentials.current()) {

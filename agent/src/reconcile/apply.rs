@@ -31,8 +31,8 @@ use crate::cluster::{ApiError, Cluster, Resolved, Retry};
 use crate::drift::fingerprint;
 use crate::model::{Deployment, Desired, Inventory, ObjectRef, ObjectState, ObjectStatus};
 use crate::plan::{
-    Category, ManifestHead, apply_order, category, effective_default_namespace, group_of,
-    manifest_head, mark_owned, may_denote, settle_namespace, to_prune, union,
+    Category, ManifestHead, applied_body, apply_order, category, effective_default_namespace,
+    group_of, manifest_head, may_denote, to_prune, union,
 };
 use crate::status::{StatusBoard, summarize};
 
@@ -427,9 +427,12 @@ impl<'a> Run<'a> {
             return;
         }
         let item = &mut self.items[i];
-        let mut body = (*item.manifest).clone();
-        settle_namespace(&mut body, r.namespaced, &self.deployment.default_namespace);
-        mark_owned(&mut body, &self.deployment.deployment_id);
+        let body = applied_body(
+            &item.manifest,
+            r.namespaced,
+            &self.deployment.default_namespace,
+            &self.deployment.deployment_id,
+        );
         // Right after a CRD is established the server may briefly refuse its kinds.
         let retry = if item.category == Category::Custom && !self.crds_applied.is_empty() {
             Retry::AlsoNotFound

@@ -15,10 +15,16 @@
 //! (one per resource type, started once a run applied that type) feed one router ([`route`]),
 //! which hands each observation to the worker whose deployment id the object's annotation
 //! names. Health, drift and Missing objects then change the deployment's status without a run.
+//!
+//! After a restart the hub does not resend what the cluster holds, so the hub client hands
+//! each held content over to be watched only ([`Reconciler::resume`], [`resume`]): its objects
+//! are looked at and watched as after a run, and nothing that did not drift is applied. Any
+//! desired state from the hub replaces that target, as it replaces any other.
 
 mod apply;
 mod observe;
 mod prune;
+mod resume;
 mod route;
 
 use std::collections::HashMap;
@@ -46,6 +52,9 @@ const PARALLEL_APPLIES: usize = 4;
 #[derive(Clone, Debug)]
 enum Target {
     Apply(Arc<Desired>),
+    /// Watch a content the cluster already holds (its inventory names it) without applying
+    /// it: after a restart, as if a run of it had just ended.
+    Observe(Arc<Desired>),
     /// `keep_resources`: the hub's view of the removed deployment's flag.
     Remove {
         keep_resources: bool,
@@ -119,11 +128,17 @@ impl Reconciler {
         self.inner.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `content_hash` is already the desired state of the deployment (a resend).
+    /// Whether `content_hash` is already the desired state of the deployment (a resend), or
+    /// the held content being watched.
     pub fn is_desired(&self, deployment_id: &str, content_hash: &str) -> bool {
         self.workers().get(deployment_id).is_some_and(|w| {
-            matches!(&*w.target.borrow(), Target::Apply(d) if d.deployment.content_hash == content_hash)
+            matches!(&*w.target.borrow(), Target::Apply(d) | Target::Observe(d) if d.deployment.content_hash == content_hash)
         })
+    }
+
+    /// Whether the deployment has a worker (with any target).
+    pub fn has_worker(&self, deployment_id: &str) -> bool {
+        self.workers().contains_key(deployment_id)
     }
 
     /// The current target of every deployment with a worker: `Some(content hash)` for one being
@@ -134,7 +149,9 @@ impl Reconciler {
             .iter()
             .map(|(id, w)| {
                 let hash = match &*w.target.borrow() {
-                    Target::Apply(d) => Some(d.deployment.content_hash.clone()),
+                    Target::Apply(d) | Target::Observe(d) => {
+                        Some(d.deployment.content_hash.clone())
+                    }
                     Target::Remove { .. } => None,
                 };
                 (id.clone(), hash)
@@ -146,6 +163,17 @@ impl Reconciler {
     pub fn deploy(&self, desired: Desired) {
         let id = desired.deployment.deployment_id.clone();
         self.set(id, Target::Apply(Arc::new(desired)));
+    }
+
+    /// Watches again a content the cluster holds, unless its deployment has a worker already
+    /// (whatever that worker does was decided later, so it wins). Applies nothing that did not
+    /// drift; a desired state from the hub replaces this target as any other.
+    pub fn resume(&self, held: Desired) {
+        let id = held.deployment.deployment_id.clone();
+        let mut workers = self.workers();
+        if !workers.contains_key(&id) {
+            self.spawn_worker(&mut workers, id, Target::Observe(Arc::new(held)));
+        }
     }
 
     /// Prunes (or, to keep resources, releases) everything the deployment owns, then forgets it.
@@ -163,6 +191,15 @@ impl Reconciler {
             w.target.send_replace(target);
             return;
         }
+        self.spawn_worker(&mut workers, id, target);
+    }
+
+    fn spawn_worker(
+        &self,
+        workers: &mut HashMap<String, WorkerHandle>,
+        id: String,
+        target: Target,
+    ) {
         let (tx, mut rx) = watch::channel(target);
         rx.mark_changed();
         let (observations, observed_rx) = mpsc::unbounded_channel();
@@ -212,7 +249,8 @@ enum Step {
     Done,
     /// Try the same desired state again after a pause.
     RetryLater,
-    /// The deployment was removed and the worker may end.
+    /// The deployment was removed (or its held content is no longer held) and the worker may
+    /// end.
     Removed,
 }
 
@@ -320,6 +358,7 @@ impl Worker {
                     Step::RetryLater
                 }
             }
+            Target::Observe(held) => self.resume(held, inventory, &corrections).await,
             Target::Remove { keep_resources } => {
                 let disposal = if keep_resources || inventory.keeps_resources() {
                     Disposal::Release
@@ -327,7 +366,10 @@ impl Worker {
                     Disposal::Delete
                 };
                 match prune::remove(&inner.cluster, inventory, disposal).await {
-                    Ok(()) => Step::Removed,
+                    Ok(()) => {
+                        info!("deployment removed");
+                        Step::Removed
+                    }
                     Err(left) => {
                         self.inventory = Some(left);
                         Step::RetryLater
@@ -368,7 +410,6 @@ impl Worker {
         }
         workers.remove(&self.id);
         inner.board.forget(&self.id);
-        info!("deployment removed");
         true
     }
 }

@@ -12,9 +12,8 @@
 //! *Invariant:* only objects of the current content are looked at; the agent's own prune
 //! deletes are of objects the content no longer has, so they are never taken for Missing.
 //!
-//! Known gap: what is watched is what a run of this process applied. After an agent restart
-//! the hub does not resend the contents the agent holds, so their objects are watched again
-//! only from their next content (the last reported status stays on the hub meanwhile).
+//! What is watched is what a run of this process applied, or, after a restart, the content the
+//! cluster held, taken up by [`super::resume`] as if that run had just ended.
 
 use std::sync::Arc;
 
@@ -170,9 +169,31 @@ impl Observed {
         }
     }
 
-    /// Reads object `i` and a dry-run apply of its body; reports (or corrects) what differs,
-    /// and a Missing object.
+    /// Reads object `i`, then [`Observed::judge`]s it.
     async fn check(&mut self, cluster: &Cluster, metrics: &Metrics, i: usize) {
+        let t = &self.objects[i];
+        let Some(applied) = &t.applied else {
+            return;
+        };
+        let object = &t.status.object;
+        match cluster
+            .get_object(&applied.resolved, &object.namespace, &object.name)
+            .await
+        {
+            Ok(live) => self.judge(cluster, metrics, i, live).await,
+            Err(e) => warn!(%object, error = %e, "could not read an object to check it"),
+        }
+    }
+
+    /// Compares object `i` as just read (`None`: absent) with a dry-run apply of its body;
+    /// reports (or corrects) what differs, and a Missing object.
+    pub async fn judge(
+        &mut self,
+        cluster: &Cluster,
+        metrics: &Metrics,
+        i: usize,
+        live: Option<Value>,
+    ) {
         let correct = self.deployment.correct_drift;
         let patches = patches_for(
             &self.deployment.compare_patches,
@@ -183,13 +204,6 @@ impl Observed {
             return;
         };
         let object = t.status.object.clone();
-        let live = match cluster
-            .get_object(&applied.resolved, &object.namespace, &object.name)
-            .await
-        {
-            Ok(live) => live,
-            Err(e) => return warn!(%object, error = %e, "could not read an object to check it"),
-        };
         let Some(live) = live else {
             if !correct {
                 info!(%object, "an applied object was deleted from the cluster");

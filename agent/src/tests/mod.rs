@@ -6,7 +6,8 @@
 //! - `deploy`: registration, deploy → fetch → ack → status, removal, restart, refused token;
 //! - `identity`: renewal on the stream, trust updates, registering again after expiry;
 //! - `bootstrap`: the install manifest's bootstrap Secret and its token;
-//! - `keep`: fleet.yaml `keepResources` on removal, and across a restart.
+//! - `keep`: fleet.yaml `keepResources` on removal, and across a restart;
+//! - `resume`: held deployments watched again after a restart, nothing re-sent or re-applied.
 
 mod bootstrap;
 mod deploy;
@@ -14,3 +15,4 @@ mod fake_hub;
 mod harness;
 mod identity;
 mod keep;
+mod resume;
