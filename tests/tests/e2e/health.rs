@@ -1,7 +1,8 @@
 //! Health, drift and Missing objects end to end: the emulator's status subresource (written
 //! by hand, with its workload controllers paused) drives each kind's health; hand edits and
 //! deletes go through the emulator's API as `kubectl` would make them; assertions read the
-//! hub's view (`flotilla status cluster east -o json`).
+//! hub's view (`flotilla status cluster east -o json`). `restart`: the same after an agent
+//! restart, for the deployments it held.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use flotilla_tests::kube_emulator::KubeEmulator;
 use serde_json::{Value, json};
 
 mod manifests;
+mod restart;
 
 use manifests::{CLAIM, CONFIG_MAP, CRD, DATABASE, DEPLOYMENT, LB_SERVICE, job};
 
