@@ -247,11 +247,6 @@ fn commits(b: &mut Bench) {
         &mut samples,
         &note,
     );
-    // The transitions those commits queued (Ready -> OutOfSync), written as the hub's
-    // upkeep task does once a second, outside the index lock.
-    let mut flush = Vec::new();
-    timed(&mut flush, || b.fleet.flush_history()).expect("history");
-    row("flush_history after them (one batch)", &mut flush, "");
 }
 
 /// Move one cluster between environments and back.

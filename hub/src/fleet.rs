@@ -28,10 +28,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, ContentHash,
-    DeploymentState, GitRepoSpec, ReportedStatus, unix_now,
+    Bundle, BundleContent, BundleId, Cluster, ClusterCertificate, ClusterId, DeploymentState,
+    GitRepoSpec, ReportedStatus, unix_now,
 };
-use crate::rollup::{HISTORY, Rollups, Transition, Update};
+use crate::rollup::{Rollups, Transition, Update};
 use crate::store::{Store, StoreError};
 use crate::target::{ClusterFacts, ClusterGroup, first_match};
 
@@ -91,12 +91,9 @@ struct State {
     desired: HashMap<ClusterId, BTreeMap<BundleId, Placed>>,
     status: HashMap<(ClusterId, BundleId), ReportedStatus>,
     rollups: Rollups,
-    /// Transitions (None: a deployment gone) not yet written to the store; written by
-    /// [`Fleet::flush_history`], outside the index lock.
-    history: Vec<(ClusterId, BundleId, Option<Transition>)>,
     /// Deployments sent a new content and not yet Ready with it: the content hash and since
     /// when (the commit's fetch). Holds only what is in flight.
-    in_flight: HashMap<(ClusterId, BundleId), (ContentHash, Instant)>,
+    in_flight: HashMap<(ClusterId, BundleId), (Arc<BundleContent>, Instant)>,
     /// Seconds from commit to Ready, not yet taken by [`Fleet::take_ready_latencies`].
     ready_latencies: Vec<f64>,
     /// While a commit is being placed: when it was first seen.
@@ -139,9 +136,6 @@ pub struct ClusterView {
 pub struct Fleet {
     state: RwLock<State>,
     store: Store,
-    /// Held while transitions move from the queue to the store, and while a history view
-    /// reads both, so that a view never misses transitions in flight.
-    history_flush: std::sync::Mutex<()>,
 }
 
 /// A connected agent stream's registration with the index; dropping it marks the cluster
@@ -183,7 +177,6 @@ impl Fleet {
             desired: HashMap::new(),
             status: HashMap::new(),
             rollups: Rollups::default(),
-            history: Vec::new(),
             in_flight: HashMap::new(),
             ready_latencies: Vec::new(),
             origin: None,
@@ -212,7 +205,6 @@ impl Fleet {
         Ok(Arc::new(Self {
             state: RwLock::new(st),
             store,
-            history_flush: std::sync::Mutex::new(()),
         }))
     }
 
@@ -316,8 +308,7 @@ impl Fleet {
         }
         for bundle in &desired {
             st.status.remove(&(id, bundle.clone()));
-            st.rollups.set(id, bundle, None, unix_now());
-            st.history.push((id, bundle.clone(), None));
+            st.rollups.set(id, bundle, None, unix_now(), false);
         }
         st.changed.send_modify(|v| *v += 1);
         if let Some((_, session)) = &entry.session {
@@ -702,7 +693,7 @@ impl Fleet {
             && st
                 .in_flight
                 .get(&key)
-                .is_some_and(|(hash, _)| *hash == status.content_hash)
+                .is_some_and(|(content, _)| content.content_hash == status.content_hash)
             && let Some((_, since)) = st.in_flight.remove(&key)
         {
             st.ready_latencies.push(since.elapsed().as_secs_f64());
@@ -713,29 +704,6 @@ impl Fleet {
             release_waiting(&mut st, &self.store, cluster)?;
         }
         Ok(true)
-    }
-
-    /// Write the queued transitions to the store, outside the index lock. The hub's upkeep
-    /// task calls it every second (on a blocking thread: a fleet-wide commit queues one
-    /// transition per deployment).
-    pub fn flush_history(&self) -> Result<(), StoreError> {
-        let _flushing = self.flush_guard();
-        let queued = std::mem::take(&mut self.write().history);
-        if queued.is_empty() {
-            return Ok(());
-        }
-        let written = self.store.write_history(&queued, HISTORY);
-        if written.is_err() {
-            // Keep them, in order, for the next try.
-            let mut st = self.write();
-            let newer = std::mem::replace(&mut st.history, queued);
-            st.history.extend(newer);
-        }
-        written
-    }
-
-    fn flush_guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.history_flush.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Commit-to-Ready latencies (seconds) observed since the last call, for the metrics.
@@ -754,19 +722,9 @@ impl Fleet {
         (connected, st.rollups.counts(&crate::rollup::Scope::Fleet))
     }
 
-    /// A deployment's last transitions, oldest first, including those not written yet.
-    pub fn history(
-        &self,
-        cluster: ClusterId,
-        bundle: &BundleId,
-    ) -> Result<Vec<Transition>, StoreError> {
-        let _flushing = self.flush_guard();
-        let queued = queued_history(&self.read(), cluster);
-        Ok(with_queued(
-            self.store.history(cluster, bundle)?,
-            &queued,
-            bundle,
-        ))
+    /// A deployment's last transitions, oldest first (since the hub started).
+    pub fn history(&self, cluster: ClusterId, bundle: &BundleId) -> Vec<Transition> {
+        self.read().rollups.history(cluster, bundle)
     }
 
     /// Every cluster with its presence, by name.
@@ -966,8 +924,14 @@ fn set_placed(
     match &after_sent {
         Some(hash) if before_sent.as_ref() != Some(hash) => {
             let since = st.origin.unwrap_or_else(Instant::now);
-            st.in_flight
-                .insert((cluster, id.clone()), (hash.clone(), since));
+            let content = st
+                .desired
+                .get(&cluster)
+                .and_then(|d| d.get(id))
+                .and_then(|p| p.sendable().cloned());
+            if let Some(content) = content {
+                st.in_flight.insert((cluster, id.clone()), (content, since));
+            }
         }
         Some(_) => {}
         None => {
@@ -1277,9 +1241,9 @@ fn view_state(placed: &Placed, reported: Option<&ReportedStatus>) -> (Deployment
 }
 
 /// Bring the rollups up to date for one deployment. A change of state or revision is a
-/// transition, queued for the store when `persist` (placement at start-up replays what is
-/// already there and records nothing).
-fn refresh(st: &mut State, persist: bool, cluster: ClusterId, bundle: &BundleId) {
+/// transition, kept in its history when `record` (placement at start-up and at
+/// registration replays what is already there and records nothing).
+fn refresh(st: &mut State, record: bool, cluster: ClusterId, bundle: &BundleId) {
     let State {
         desired,
         status,
@@ -1297,38 +1261,8 @@ fn refresh(st: &mut State, persist: bool, cluster: ClusterId, bundle: &BundleId)
             revision: p.content.as_ref().map_or("", |c| c.revision.as_str()),
         }
     });
-    let gone = update.is_none();
-    let transition = rollups.set(cluster, bundle, update, unix_now());
-    if persist && (gone || transition.is_some()) {
-        st.history.push((cluster, bundle.clone(), transition));
-    }
+    rollups.set(cluster, bundle, update, unix_now(), record);
     st.changed.send_modify(|v| *v += 1);
-}
-
-/// The transitions of `cluster` still queued for the store, in order.
-fn queued_history(st: &State, cluster: ClusterId) -> Vec<(BundleId, Option<Transition>)> {
-    st.history
-        .iter()
-        .filter(|(c, _, _)| *c == cluster)
-        .map(|(_, b, t)| (b.clone(), t.clone()))
-        .collect()
-}
-
-/// A stored history with the queued changes of `bundle` applied, the last [`HISTORY`] kept.
-fn with_queued(
-    mut h: Vec<Transition>,
-    queued: &[(BundleId, Option<Transition>)],
-    bundle: &BundleId,
-) -> Vec<Transition> {
-    for (_, t) in queued.iter().filter(|(b, _)| b == bundle) {
-        match t {
-            Some(t) => h.push(t.clone()),
-            None => h.clear(),
-        }
-    }
-    let excess = h.len().saturating_sub(HISTORY);
-    h.drain(..excess);
-    h
 }
 
 fn short(rev: &str) -> &str {

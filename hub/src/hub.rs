@@ -221,8 +221,7 @@ impl Hub {
     }
 }
 
-/// Once a second: write the queued deployment transitions to the store (outside the index
-/// lock, in one batch) and bring the fleet's metrics up to date. A last pass at shutdown.
+/// Once a second: bring the fleet's metrics up to date (a last pass at shutdown).
 async fn fleet_upkeep(fleet: Arc<Fleet>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,14 +230,6 @@ async fn fleet_upkeep(fleet: Arc<Fleet>, metrics: Arc<Metrics>, shutdown: Cancel
             _ = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let f = fleet.clone();
-        match tokio::task::spawn_blocking(move || f.flush_history()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                warn!(error = %e, "could not write deployment history; it will be retried");
-            }
-            Err(e) => warn!(error = %e, "the history writer failed"),
-        }
         let (connected, states) = fleet.gauges();
         metrics.observe_fleet(connected, &states, &fleet.take_ready_latencies());
         if stopping {

@@ -271,12 +271,19 @@ mod tests {
                 revision: "c1",
             })
         };
-        r.set(c, &BundleId("apps/a".into()), e(DeploymentState::Ready), 0);
+        r.set(
+            c,
+            &BundleId("apps/a".into()),
+            e(DeploymentState::Ready),
+            0,
+            true,
+        );
         r.set(
             c,
             &BundleId("apps/b".into()),
             e(DeploymentState::NotReady),
             0,
+            true,
         );
         m.observe_fleet(1, &r.counts(&Scope::Fleet), &[0.3, 1.5]);
         m.git_fetch("apps", 0.02, true);

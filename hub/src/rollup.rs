@@ -4,13 +4,16 @@
 //! Maintained incrementally: the fleet index calls [`Rollups::set`] whenever one deployment's
 //! state may have changed, and only that deployment's scopes move. Reading a rollup never
 //! scans deployments, and listing what is not Ready stops at the limit asked for. A change
-//! of state or revision is a [`Transition`], which the caller keeps in the store (history is
-//! not held in memory: at 500,000 deployments it would cost hundreds of MiB for something
-//! read one cluster at a time). Pure: no I/O, no locks.
+//! of state or revision is a [`Transition`]; each deployment keeps its last [`HISTORY`].
+//! Pure: no I/O, no locks.
 //!
 //! Cost: each deployment remembers the indices of its six scopes, so a state change is six
-//! array updates, with no allocation; scope keys are built only when a deployment is first
-//! seen or moves to another GitRepo environment. Revision strings are shared (interned).
+//! array updates; scope keys are built only when a deployment is first seen or moves to
+//! another GitRepo environment. History lives here, in memory and compact (32 bytes a
+//! transition: revisions interned, a message only when there is one), not in the store: a
+//! fleet-wide commit makes a transition on every deployment, and writing 500,000 histories
+//! to sled measured 12–55 s of a core per commit (docs/performance.md). The price is that a
+//! hub restart starts every history afresh.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +35,7 @@ pub const STATES: [DeploymentState; 8] = [
 ];
 
 /// How many transitions are kept per deployment.
-pub const HISTORY: usize = 10;
+pub const HISTORY: usize = 8;
 
 /// What a rollup counts over.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +130,17 @@ struct Stored {
     state: DeploymentState,
     message: String,
     revision: Arc<str>,
+    /// The last transitions, oldest first, at most [`HISTORY`].
+    history: Vec<Step>,
+}
+
+/// One transition, compact.
+struct Step {
+    /// Unix seconds (u32 lasts until 2106).
+    at: u32,
+    state: DeploymentState,
+    revision: Arc<str>,
+    message: Option<Box<str>>,
 }
 
 const GITREPO: usize = 1;
@@ -209,22 +223,26 @@ impl Rollups {
         }
     }
 
-    /// Set one deployment's state (None: it is gone). Returns the transition, if the state
-    /// or the revision changed (a deployment seen for the first time is one too).
+    /// Set one deployment's state (None: it is gone, with its history). Returns whether that
+    /// is a transition: the state or the revision changed (a deployment seen for the first
+    /// time is one too); with `record`, it joins the deployment's history.
     pub fn set(
         &mut self,
         cluster: ClusterId,
         bundle: &BundleId,
         update: Option<Update<'_>>,
         now: i64,
-    ) -> Option<Transition> {
+        record: bool,
+    ) -> bool {
         let old = self
             .entries
             .get(&cluster)
             .and_then(|m| m.get(bundle))
             .map(|o| (o.scopes, o.state, o.revision.clone()));
         let Some(u) = update else {
-            let (scopes, state, _) = old?;
+            let Some((scopes, state, _)) = old else {
+                return false;
+            };
             self.count(&scopes, state, -1);
             self.mark(scopes[GITREPO], cluster, bundle, false);
             if let Some(m) = self.entries.get_mut(&cluster) {
@@ -233,7 +251,7 @@ impl Rollups {
                     self.entries.remove(&cluster);
                 }
             }
-            return None;
+            return false;
         };
         let same_place = old.as_ref().is_some_and(|(s, _, _)| {
             **self.name(s[GITREPO]) == *u.repo && **self.name(s[ENVIRONMENT]) == *u.environment
@@ -266,26 +284,50 @@ impl Rollups {
             );
         }
         let revision = self.revision(u.revision);
-        let t = changed.then(|| Transition {
-            at: now,
+        let step = (changed && record).then(|| Step {
+            at: u32::try_from(now.max(0)).unwrap_or(u32::MAX),
             state: u.state,
-            revision: u.revision.to_string(),
-            message: u.message.clone(),
+            revision: revision.clone(),
+            message: (!u.message.is_empty()).then(|| u.message.clone().into_boxed_str()),
         });
-        let stored = Stored {
-            scopes,
-            state: u.state,
-            message: u.message,
-            revision,
-        };
         let per_cluster = self.entries.entry(cluster).or_default();
-        match per_cluster.get_mut(bundle) {
-            Some(slot) => *slot = stored,
-            None => {
-                per_cluster.insert(bundle.clone(), stored);
+        let slot = match per_cluster.get_mut(bundle) {
+            Some(slot) => slot,
+            None => per_cluster.entry(bundle.clone()).or_insert(Stored {
+                scopes,
+                state: u.state,
+                message: String::new(),
+                revision: revision.clone(),
+                history: Vec::new(),
+            }),
+        };
+        slot.scopes = scopes;
+        slot.state = u.state;
+        slot.message = u.message;
+        slot.revision = revision;
+        if let Some(step) = step {
+            if slot.history.len() == HISTORY {
+                slot.history.remove(0);
             }
+            slot.history.push(step);
         }
-        t
+        changed
+    }
+
+    /// A deployment's last transitions, oldest first.
+    pub fn history(&self, cluster: ClusterId, bundle: &BundleId) -> Vec<Transition> {
+        let Some(s) = self.entries.get(&cluster).and_then(|m| m.get(bundle)) else {
+            return Vec::new();
+        };
+        s.history
+            .iter()
+            .map(|t| Transition {
+                at: i64::from(t.at),
+                state: t.state,
+                revision: t.revision.to_string(),
+                message: t.message.as_deref().unwrap_or_default().to_string(),
+            })
+            .collect()
     }
 
     /// The counts of one scope.
@@ -379,12 +421,12 @@ mod tests {
         let (a, b) = (ClusterId::new(), ClusterId::new());
         let web = BundleId("apps/web".into());
         let db = BundleId("apps/db".into());
-        r.set(a, &web, entry("apps", "prod", Pending, "c1"), 1);
-        r.set(b, &web, entry("apps", "dev", Pending, "c1"), 1);
-        r.set(a, &db, entry("apps", "prod", Pending, "c1"), 1);
+        r.set(a, &web, entry("apps", "prod", Pending, "c1"), 1, true);
+        r.set(b, &web, entry("apps", "dev", Pending, "c1"), 1, true);
+        r.set(a, &db, entry("apps", "prod", Pending, "c1"), 1, true);
         assert_eq!(r.counts(&Scope::Fleet).get(Pending), 3);
-        r.set(a, &web, entry("apps", "prod", Ready, "c1"), 2);
-        r.set(b, &web, entry("apps", "dev", NotReady, "c1"), 2);
+        r.set(a, &web, entry("apps", "prod", Ready, "c1"), 2, true);
+        r.set(b, &web, entry("apps", "dev", NotReady, "c1"), 2, true);
         let prod = r.counts(&Scope::Environment("prod".into()));
         assert_eq!(
             (prod.get(Ready), prod.get(Pending), prod.total()),
@@ -405,12 +447,12 @@ mod tests {
         assert_eq!((bad.len(), total), (1, 2), "the list stops at the limit");
         assert_eq!(r.unhealthy(Some("other"), 10).1, 0);
         // Moving to another environment moves every scope that depends on it.
-        r.set(b, &web, entry("apps", "prod", NotReady, "c1"), 3);
+        r.set(b, &web, entry("apps", "prod", NotReady, "c1"), 3, true);
         assert_eq!(r.counts(&Scope::Environment("dev".into())).total(), 0);
         assert_eq!(r.counts(&Scope::Environment("prod".into())).total(), 3);
         assert_eq!(r.entry(b, &web).map(|e| e.environment), Some("prod".into()));
         // Gone: every scope forgets it.
-        r.set(b, &web, None, 4);
+        r.set(b, &web, None, 4, true);
         assert_eq!(r.counts(&Scope::Environment("prod".into())).total(), 2);
         assert_eq!(
             r.scopes_where(|s| matches!(s, Scope::Environment(_))).len(),
@@ -418,33 +460,48 @@ mod tests {
             "an emptied scope is not listed"
         );
         assert_eq!(r.counts(&Scope::Fleet).total(), 2);
-        r.set(a, &db, entry("apps", "prod", Ready, "c1"), 5);
+        r.set(a, &db, entry("apps", "prod", Ready, "c1"), 5, true);
         assert_eq!(r.unhealthy(None, 10), (vec![], 0));
     }
 
     #[test]
-    fn a_transition_is_a_change_of_state_or_revision() {
+    fn a_transition_is_a_change_of_state_or_revision_and_the_last_ones_are_kept() {
         use DeploymentState::*;
         let mut r = Rollups::default();
         let c = ClusterId::new();
         let b = BundleId("r/app".into());
-        let first = r.set(c, &b, entry("r", "", Pending, "c1"), 1);
-        assert_eq!(first.map(|t| (t.state, t.at)), Some((Pending, 1)));
-        assert!(r.set(c, &b, entry("r", "", Ready, "c1"), 2).is_some());
+        // Seen at start-up: counted, not recorded.
+        assert!(r.set(c, &b, entry("r", "", Pending, "c0"), 0, false));
+        assert!(r.history(c, &b).is_empty());
+        assert!(r.set(c, &b, entry("r", "", Ready, "c1"), 2, true));
         // Same state and revision, new message: no transition, but the message is kept.
         let mut same = entry("r", "", Ready, "c1").unwrap();
         same.message = "other".into();
-        assert!(r.set(c, &b, Some(same), 3).is_none());
+        assert!(!r.set(c, &b, Some(same), 3, true));
         assert_eq!(r.entry(c, &b).unwrap().message, "other");
-        let moved = r.set(c, &b, entry("r", "", Ready, "c2"), 4);
-        assert_eq!(moved.map(|t| t.revision), Some("c2".to_string()));
+        for i in 0..(HISTORY as i64 + 2) {
+            let state = if i % 2 == 0 { NotReady } else { Ready };
+            let rev = format!("c{}", 2 + i);
+            assert!(r.set(c, &b, entry("r", "", state, &rev), 10 + i, true));
+        }
+        let h = r.history(c, &b);
+        assert_eq!(h.len(), HISTORY);
+        assert_eq!(
+            h.last().map(|t| (t.at, t.revision.as_str())),
+            Some((19, "c11"))
+        );
+        assert_eq!(h.first().map(|t| t.at), Some(12));
+        assert_eq!(h.last().unwrap().message, "Ready");
         assert_eq!(r.counts(&Scope::Fleet).total(), 1);
         // Strings are shared between deployments.
         let other = BundleId("r/db".into());
-        r.set(c, &other, entry("r", "", Ready, "c2"), 5);
+        r.set(c, &other, entry("r", "", Ready, "c11"), 30, true);
         assert!(Arc::ptr_eq(
             &r.entry(c, &b).unwrap().revision,
             &r.entry(c, &other).unwrap().revision
         ));
+        // Gone: its history too.
+        r.set(c, &b, None, 31, true);
+        assert!(r.history(c, &b).is_empty());
     }
 }

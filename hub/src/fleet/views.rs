@@ -186,14 +186,7 @@ impl Fleet {
     /// One cluster: every deployment with its objects and, with `history`, its last
     /// transitions. None if there is no such cluster.
     pub fn cluster_view(&self, name: &str, history: bool) -> Option<Value> {
-        // Held throughout, so that no transition is between the queue and the store.
-        let _flushing = history.then(|| self.flush_guard());
         let st = self.read();
-        let queued = if history {
-            super::queued_history(&st, id_of(&st, name)?)
-        } else {
-            Vec::new()
-        };
         let id = *st.names.get(name)?;
         let entry = st.clusters.get(&id)?;
         let counts = st.rollups.counts(&Scope::Cluster(id));
@@ -228,14 +221,7 @@ impl Fleet {
                     "objects": objects,
                 });
                 if history {
-                    // Read from the store: history is not held in memory.
-                    let stored = self.store.history(id, bundle);
-                    let h = stored
-                        .map(|h| super::with_queued(h, &queued, bundle))
-                        .unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "could not read deployment history");
-                            Vec::new()
-                        });
+                    let h = st.rollups.history(id, bundle);
                     d["history"] = json!(
                         h.iter()
                             .map(|t| json!({"at": t.at, "state": t.state.as_str(),
@@ -283,8 +269,4 @@ impl Fleet {
             "worst": total.worst().map(DeploymentState::as_str), "states": counts_json(&total)}),
         )
     }
-}
-
-fn id_of(st: &super::State, name: &str) -> Option<crate::model::ClusterId> {
-    st.names.get(name).copied()
 }

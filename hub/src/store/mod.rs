@@ -14,7 +14,6 @@ use serde::de::DeserializeOwned;
 use crate::model::{
     Bundle, BundleId, Cluster, ClusterId, ContentHash, GitRepo, RegistrationToken, ReportedStatus,
 };
-use crate::rollup::Transition;
 use crate::target::ClusterGroup;
 
 /// Why the store could not do what was asked.
@@ -44,7 +43,6 @@ const BUNDLES: &str = "bundles";
 const MANIFESTS: &str = "manifests";
 const STATUS: &str = "status";
 const GROUPS: &str = "clustergroups";
-const HISTORY: &str = "history";
 
 /// The hub's database handle. Cheap to clone.
 #[derive(Clone)]
@@ -57,7 +55,6 @@ pub struct Store {
     manifests: sled::Tree,
     status: sled::Tree,
     groups: sled::Tree,
-    history: sled::Tree,
 }
 
 impl Store {
@@ -93,7 +90,6 @@ impl Store {
             manifests: db.open_tree(MANIFESTS)?,
             status: db.open_tree(STATUS)?,
             groups: db.open_tree(GROUPS)?,
-            history: db.open_tree(HISTORY)?,
             db,
         })
     }
@@ -226,61 +222,6 @@ impl Store {
         self.status.remove(status_key(cluster, bundle))?;
         Ok(())
     }
-    /// Apply queued history changes in order: a transition is appended to its deployment's
-    /// history, whose oldest entries beyond `keep` are dropped; `None` forgets the
-    /// deployment's history. Appends are blind writes (one key per transition, ordered by a
-    /// sequence number), so the cost is a write and a short key scan, never a decode.
-    pub fn write_history(
-        &self,
-        changes: &[(ClusterId, BundleId, Option<Transition>)],
-        keep: usize,
-    ) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        let mut touched: Vec<Vec<u8>> = Vec::new();
-        for (cluster, bundle, change) in changes {
-            let prefix = history_prefix(*cluster, bundle);
-            match change {
-                Some(t) => {
-                    let mut key = prefix.clone();
-                    key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-                    batch.insert(key, serde_json::to_vec(t).expect("model types serialize"));
-                    touched.push(prefix);
-                }
-                None => {
-                    // Earlier appends of this batch first, so that they are forgotten too.
-                    self.history.apply_batch(std::mem::take(&mut batch))?;
-                    for key in self.history.scan_prefix(&prefix).keys() {
-                        self.history.remove(key?)?;
-                    }
-                }
-            }
-        }
-        self.history.apply_batch(batch)?;
-        touched.sort();
-        touched.dedup();
-        for prefix in touched {
-            let keys: Vec<sled::IVec> = self
-                .history
-                .scan_prefix(&prefix)
-                .keys()
-                .collect::<std::result::Result<_, _>>()?;
-            for key in keys.iter().take(keys.len().saturating_sub(keep)) {
-                self.history.remove(key)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A deployment's last transitions, oldest first.
-    pub fn history(&self, cluster: ClusterId, bundle: &BundleId) -> Result<Vec<Transition>> {
-        let mut out = Vec::new();
-        for item in self.history.scan_prefix(history_prefix(cluster, bundle)) {
-            let (k, v) = item?;
-            out.push(decode(HISTORY, &k, &v)?);
-        }
-        Ok(out)
-    }
-
     /// Every stored status, with the deployment it belongs to.
     pub fn statuses(&self) -> Result<Vec<(ClusterId, BundleId, ReportedStatus)>> {
         per_deployment(&self.status, STATUS)
@@ -317,13 +258,6 @@ fn bundle_key(b: &Bundle) -> Vec<u8> {
     } else {
         format!("{}\0{}", b.id, b.env).into_bytes()
     }
-}
-
-/// History keys: `<cluster>\0<bundle>\0<sequence, 8 bytes big-endian>`.
-fn history_prefix(cluster: ClusterId, bundle: &BundleId) -> Vec<u8> {
-    let mut key = status_key(cluster, bundle);
-    key.push(0);
-    key
 }
 
 fn status_key(cluster: ClusterId, bundle: &BundleId) -> Vec<u8> {

@@ -83,37 +83,3 @@ fn token_use_is_counted_and_checked() {
     assert!(store.use_token("nope", check).unwrap().is_none());
     assert_eq!(store.token("t1").unwrap().unwrap().uses, 1);
 }
-
-#[test]
-fn history_keeps_the_last_transitions_per_deployment_and_forgets_on_request() {
-    use crate::rollup::Transition;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let c = ClusterId::new();
-    let (app, app2) = (BundleId("r/app".into()), BundleId("r/app2".into()));
-    let t = |i: i64| {
-        Some(Transition {
-            at: i,
-            state: DeploymentState::Ready,
-            revision: format!("c{i}"),
-            message: String::new(),
-        })
-    };
-    let mut changes: Vec<_> = (0..15).map(|i| (c, app.clone(), t(i))).collect();
-    // A bundle whose id extends another's is a different deployment.
-    changes.push((c, app2.clone(), t(100)));
-    store.write_history(&changes, 10).unwrap();
-    let h = store.history(c, &app).unwrap();
-    assert_eq!(
-        h.iter().map(|t| t.at).collect::<Vec<_>>(),
-        (5..15).collect::<Vec<_>>()
-    );
-    assert_eq!(store.history(c, &app2).unwrap().len(), 1);
-    // Forget, then start again, in one batch and in order.
-    store
-        .write_history(&[(c, app.clone(), None), (c, app.clone(), t(20))], 10)
-        .unwrap();
-    let h = store.history(c, &app).unwrap();
-    assert_eq!(h.iter().map(|t| t.at).collect::<Vec<_>>(), [20]);
-    assert_eq!(store.history(c, &app2).unwrap().len(), 1);
-}

@@ -273,6 +273,49 @@ async fn status_views_and_metrics_agree_through_a_failure_and_its_recovery() -> 
         "{table}"
     );
 
+    // A hand edit on prod-1 (no correctDrift): Modified, with the field, everywhere; undone
+    // by hand, Ready again.
+    let edit = |value: &'static str| {
+        fleet.kube("prod-1").edit_object(
+            "v1",
+            "ConfigMap",
+            Some("default"),
+            "web2",
+            "kubectl-edit",
+            move |o| o["data"]["k"] = value.into(),
+        )
+    };
+    edit("by hand")?;
+    let v = wait_summary(&fleet, "prod-1's web Modified", |v| {
+        count(v, "Modified") == 1
+    })
+    .await?;
+    let d = &v["notReady"][0];
+    assert_eq!(
+        (d["cluster"].as_str(), d["state"].as_str()),
+        (Some("prod-1"), Some("Modified"))
+    );
+    let c = json(&fleet, &["cluster", "prod-1"]).await?;
+    let web = c["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .find(|d| d["bundle"] == "apps/web")
+        .cloned()
+        .expect("apps/web");
+    assert_eq!(
+        web["objects"][0]["modifiedFields"],
+        serde_json::json!(["/data/k"]),
+        "{web}"
+    );
+    let (_, body) = fleet.http_get("/api/v1/status/clusters/prod-1").await?;
+    let page: Value = serde_json::from_str(&body)?;
+    assert_eq!(page["states"], c["states"]);
+    wait_metric(&fleet, "flotilla_deployments{state=\"Modified\"}", 1.0).await?;
+    edit("v")?;
+    wait_summary(&fleet, "the edit undone", |v| count(v, "Ready") == 6).await?;
+    wait_metric(&fleet, "flotilla_deployments{state=\"Modified\"}", 0.0).await?;
+
     // Unknown names say what to do.
     let err = fleet
         .cli(&["status", "cluster", "nope"])
