@@ -89,7 +89,16 @@ async fn an_agent_installed_from_the_printed_manifest_registers() -> anyhow::Res
         let namespace = namespace.clone();
         async move {
             let env = |var: &str| (var == "FLOTILLA_NAMESPACE").then(|| namespace.clone());
-            let config = flotilla_agent::cli::Args::try_parse_with_env(argv, env)?.into_config()?;
+            let mut config =
+                flotilla_agent::cli::Args::try_parse_with_env(argv, env)?.into_config()?;
+            // The printed address is the pod's port `metrics`; on the test host the agent
+            // serves its metrics on a free loopback port instead of taking a fixed one.
+            anyhow::ensure!(
+                config.metrics_addr == Some("0.0.0.0:9091".parse()?),
+                "the printed Deployment serves metrics on {:?}",
+                config.metrics_addr
+            );
+            config.metrics_addr = Some("127.0.0.1:0".parse()?);
             let shutdown = CancellationToken::new();
             let task = tokio::spawn(flotilla_agent::run(config, shutdown.clone()));
             anyhow::Ok((shutdown, task))

@@ -127,12 +127,18 @@ fn deployment_arguments_without_a_name() {
         json!([
             "--bootstrap-secret=flotilla-agent-bootstrap",
             "--identity-secret=flotilla-agent-identity",
+            "--metrics-addr=0.0.0.0:9091",
         ])
     );
     assert_eq!(
         c["env"],
         json!([{"name": "FLOTILLA_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}])
+    );
+    // The metrics port is named, and is the one `--metrics-addr` binds.
+    assert_eq!(
+        c["ports"],
+        json!([{"name": "metrics", "containerPort": 9091, "protocol": "TCP"}])
     );
     assert_eq!(
         c["image"],
@@ -177,6 +183,7 @@ fn deployment_arguments_with_a_name_labels_and_image() {
         json!([
             "--bootstrap-secret=flotilla-agent-bootstrap",
             "--identity-secret=flotilla-agent-identity",
+            "--metrics-addr=0.0.0.0:9091",
             "--cluster-name=prod-east",
             "--label=env=prod",
             "--label=example.com/region=us-east-1",
