@@ -54,6 +54,29 @@ struct ClusterEntry {
     session: Option<(u64, CancellationToken)>,
 }
 
+/// The last status reported for each deployment, per cluster (lookups need no owned key).
+#[derive(Default)]
+struct Statuses(HashMap<ClusterId, HashMap<BundleId, ReportedStatus>>);
+
+impl Statuses {
+    fn get(&self, cluster: ClusterId, bundle: &BundleId) -> Option<&ReportedStatus> {
+        self.0.get(&cluster)?.get(bundle)
+    }
+
+    fn insert(&mut self, cluster: ClusterId, bundle: BundleId, status: ReportedStatus) {
+        self.0.entry(cluster).or_default().insert(bundle, status);
+    }
+
+    fn remove(&mut self, cluster: ClusterId, bundle: &BundleId) -> Option<ReportedStatus> {
+        let of_cluster = self.0.get_mut(&cluster)?;
+        let removed = of_cluster.remove(bundle);
+        if of_cluster.is_empty() {
+            self.0.remove(&cluster);
+        }
+        removed
+    }
+}
+
 /// A GitRepo environment: (GitRepo name, environment name; "" when it has none).
 type EnvKey = (String, String);
 
@@ -89,11 +112,11 @@ struct State {
     members: HashMap<EnvKey, BTreeSet<ClusterId>>,
     /// What each cluster should run.
     desired: HashMap<ClusterId, BTreeMap<BundleId, Placed>>,
-    status: HashMap<(ClusterId, BundleId), ReportedStatus>,
+    status: Statuses,
     rollups: Rollups,
     /// Deployments sent a new content and not yet Ready with it: the content hash and since
     /// when (the commit's fetch). Holds only what is in flight.
-    in_flight: HashMap<(ClusterId, BundleId), (Arc<BundleContent>, Instant)>,
+    in_flight: HashMap<ClusterId, HashMap<BundleId, (Arc<BundleContent>, Instant)>>,
     /// Seconds from commit to Ready, not yet taken by [`Fleet::take_ready_latencies`].
     ready_latencies: Vec<f64>,
     /// While a commit is being placed: when it was first seen.
@@ -175,7 +198,7 @@ impl Fleet {
             bundles: BTreeMap::new(),
             members: HashMap::new(),
             desired: HashMap::new(),
-            status: HashMap::new(),
+            status: Statuses::default(),
             rollups: Rollups::default(),
             in_flight: HashMap::new(),
             ready_latencies: Vec::new(),
@@ -197,7 +220,7 @@ impl Fleet {
         }
         // Statuses first: dependsOn decides from them what may be sent.
         for (cluster, bundle, s) in store.statuses()? {
-            st.status.insert((cluster, bundle), s);
+            st.status.insert(cluster, bundle, s);
         }
         for c in store.clusters()? {
             insert_cluster(&mut st, c);
@@ -303,11 +326,12 @@ impl Fleet {
         let entry = st.clusters.remove(&id).expect("checked above");
         st.names.remove(&entry.cluster.name);
         st.desired.remove(&id);
+        st.in_flight.remove(&id);
         for members in st.members.values_mut() {
             members.remove(&id);
         }
         for bundle in &desired {
-            st.status.remove(&(id, bundle.clone()));
+            st.status.remove(id, bundle);
             st.rollups.set(id, bundle, None, unix_now(), false);
         }
         st.changed.send_modify(|v| *v += 1);
@@ -679,26 +703,29 @@ impl Fleet {
         if !owned {
             return Ok(false);
         }
-        let key = (cluster, bundle.clone());
-        if st.status.get(&key).is_some_and(|s| same_report(s, &status)) {
+        if st
+            .status
+            .get(cluster, bundle)
+            .is_some_and(|s| same_report(s, &status))
+        {
             return Ok(true);
         }
         let became_ready = status.state == DeploymentState::Ready
             && st
                 .status
-                .get(&key)
+                .get(cluster, bundle)
                 .is_none_or(|s| s.state != DeploymentState::Ready);
         self.store.put_status(cluster, bundle, &status)?;
         if status.state == DeploymentState::Ready
-            && st
-                .in_flight
-                .get(&key)
+            && let Some(of_cluster) = st.in_flight.get_mut(&cluster)
+            && of_cluster
+                .get(bundle)
                 .is_some_and(|(content, _)| content.content_hash == status.content_hash)
-            && let Some((_, since)) = st.in_flight.remove(&key)
+            && let Some((_, since)) = of_cluster.remove(bundle)
         {
             st.ready_latencies.push(since.elapsed().as_secs_f64());
         }
-        st.status.insert(key, status);
+        st.status.insert(cluster, bundle.clone(), status);
         refresh(&mut st, true, cluster, bundle);
         if became_ready {
             release_waiting(&mut st, &self.store, cluster)?;
@@ -751,7 +778,7 @@ impl Fleet {
                 continue;
             };
             for (bundle, placed) in desired {
-                let reported = st.status.get(&(*cluster, bundle.clone())).cloned();
+                let reported = st.status.get(*cluster, bundle).cloned();
                 out.push(view(entry, bundle, placed, reported));
             }
         }
@@ -882,7 +909,7 @@ fn waiting_for(st: &State, cluster: ClusterId, key: &EnvKey, bundle: &Bundle) ->
                 .and_then(|d| d.get(id))
                 .and_then(|p| p.sendable())
                 .is_some_and(|c| {
-                    st.status.get(&(cluster, id.clone())).is_some_and(|s| {
+                    st.status.get(cluster, id).is_some_and(|s| {
                         s.state == DeploymentState::Ready && s.content_hash == c.content_hash
                     })
                 });
@@ -903,39 +930,42 @@ fn set_placed(
     placed: Option<Placed>,
 ) -> Result<(), StoreError> {
     let desired = st.desired.entry(cluster).or_default();
-    let before_sent = desired
-        .get(id)
-        .and_then(|p| p.sendable().map(|c| c.content_hash.clone()));
-    let after_sent = placed
-        .as_ref()
-        .and_then(|p| p.sendable().map(|c| c.content_hash.clone()));
     let gone = placed.is_none();
-    match placed {
-        Some(p) => {
-            desired.insert(id.clone(), p);
-        }
-        None => {
-            desired.remove(id);
-        }
-    }
-    if gone && st.status.remove(&(cluster, id.clone())).is_some() {
+    // Replaced in place: no new key, no hash strings copied (this runs per deployment of
+    // every commit).
+    let old = match placed {
+        Some(p) => match desired.get_mut(id) {
+            Some(slot) => Some(std::mem::replace(slot, p)),
+            None => {
+                desired.insert(id.clone(), p);
+                None
+            }
+        },
+        None => desired.remove(id),
+    };
+    let before: Option<Arc<BundleContent>> = old.as_ref().and_then(|p| p.sendable().cloned());
+    let after: Option<Arc<BundleContent>> = desired.get(id).and_then(|p| p.sendable().cloned());
+    let before_sent = before.as_ref().map(|c| &c.content_hash);
+    let after_sent = after.as_ref().map(|c| &c.content_hash);
+    if gone && st.status.remove(cluster, id).is_some() {
         store.delete_status(cluster, id)?;
     }
-    match &after_sent {
-        Some(hash) if before_sent.as_ref() != Some(hash) => {
+    match &after {
+        Some(content) if before_sent != after_sent => {
             let since = st.origin.unwrap_or_else(Instant::now);
-            let content = st
-                .desired
-                .get(&cluster)
-                .and_then(|d| d.get(id))
-                .and_then(|p| p.sendable().cloned());
-            if let Some(content) = content {
-                st.in_flight.insert((cluster, id.clone()), (content, since));
+            let of_cluster = st.in_flight.entry(cluster).or_default();
+            match of_cluster.get_mut(id) {
+                Some(slot) => *slot = (content.clone(), since),
+                None => {
+                    of_cluster.insert(id.clone(), (content.clone(), since));
+                }
             }
         }
         Some(_) => {}
         None => {
-            st.in_flight.remove(&(cluster, id.clone()));
+            if let Some(of_cluster) = st.in_flight.get_mut(&cluster) {
+                of_cluster.remove(id);
+            }
         }
     }
     if before_sent != after_sent
@@ -1130,7 +1160,7 @@ fn place_new(st: &mut State, cluster: ClusterId, repo: &str) {
         for id in &ids {
             if let Some(mut placed) = place_bundle(st, cluster, &key, id) {
                 // At start-up a deployment whose agent reported on it was released before.
-                if placed.held.is_some() && st.status.contains_key(&(cluster, id.clone())) {
+                if placed.held.is_some() && st.status.get(cluster, id).is_some() {
                     placed.held = None;
                 }
                 st.desired
@@ -1251,7 +1281,7 @@ fn refresh(st: &mut State, record: bool, cluster: ClusterId, bundle: &BundleId) 
         ..
     } = st;
     let update = desired.get(&cluster).and_then(|d| d.get(bundle)).map(|p| {
-        let reported = status.get(&(cluster, bundle.clone()));
+        let reported = status.get(cluster, bundle);
         let (state, message) = view_state(p, reported);
         Update {
             repo: &p.repo,

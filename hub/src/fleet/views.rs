@@ -196,7 +196,7 @@ impl Fleet {
             .into_iter()
             .flatten()
             .map(|(bundle, placed)| {
-                let reported = st.status.get(&(id, bundle.clone()));
+                let reported = st.status.get(id, bundle);
                 let (state, message) = view_state(placed, reported);
                 let objects: Vec<Value> = reported
                     .map(|r| {
