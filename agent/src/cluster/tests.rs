@@ -260,4 +260,3 @@ async fn the_server_version_is_its_git_version() {
         "v1.32.3"
     );
 }
-
