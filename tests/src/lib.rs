@@ -4,6 +4,7 @@
 //! page (`browser`). Test support only; nothing here ships.
 
 pub mod browser;
+pub mod fixtures;
 pub mod fleet;
 pub mod git_server;
 pub mod kube_emulator;

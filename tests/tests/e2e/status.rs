@@ -5,32 +5,12 @@
 use std::sync::{Arc, Mutex};
 
 use clap::Parser as _;
+use flotilla_tests::fixtures::{branch_per_environment_gitrepo, config_map};
 use flotilla_tests::fleet::{TestFleet, wait_for};
 use serde_json::Value;
 
-fn config_map(name: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
-}
-
-/// GitRepo `apps`, branch per environment: prod follows main, staging its own branch.
-const GITREPO: &str = r#"
-apiVersion: flotilla.dev/v1
-kind: GitRepo
-metadata:
-  name: apps
-spec:
-  repo: URL
-  paths: [web, api]
-  pollingInterval: 1h
-  environments:
-  - name: prod
-    branch: main
-    clusterSelector:
-      matchLabels: {env: prod}
-  - name: staging
-    branch: staging
-    clusterSelector:
-      matchLabels: {env: staging}
+/// The cluster group of the staging clusters.
+const STAGING_GROUP: &str = r#"
 ---
 apiVersion: flotilla.dev/v1
 kind: ClusterGroup
@@ -89,7 +69,8 @@ async fn status_views_and_metrics_agree_through_a_failure_and_its_recovery() -> 
         .add_cluster_labelled("stg-2", &["env=staging"])
         .await?;
     let path = fleet.admin_config().with_file_name("apps.yaml");
-    std::fs::write(&path, GITREPO.replace("URL", &fleet.git.http_url("apps")))?;
+    let gitrepo = branch_per_environment_gitrepo(&fleet.git.http_url("apps"), &["web", "api"]);
+    std::fs::write(&path, gitrepo + STAGING_GROUP)?;
     fleet
         .cli(&["apply", "-f", path.to_str().expect("utf-8 path")])
         .await?;
@@ -282,7 +263,7 @@ async fn status_views_and_metrics_agree_through_a_failure_and_its_recovery() -> 
             Some("default"),
             "web2",
             "kubectl-edit",
-            move |o| o["data"]["k"] = value.into(),
+            move |o| o["data"]["greeting"] = value.into(),
         )
     };
     edit("by hand")?;
@@ -305,14 +286,14 @@ async fn status_views_and_metrics_agree_through_a_failure_and_its_recovery() -> 
         .expect("apps/web");
     assert_eq!(
         web["objects"][0]["modifiedFields"],
-        serde_json::json!(["/data/k"]),
+        serde_json::json!(["/data/greeting"]),
         "{web}"
     );
     let (_, body) = fleet.http_get("/api/v1/status/clusters/prod-1").await?;
     let page: Value = serde_json::from_str(&body)?;
     assert_eq!(page["states"], c["states"]);
     wait_metric(&fleet, "flotilla_deployments{state=\"Modified\"}", 1.0).await?;
-    edit("v")?;
+    edit("hello")?;
     wait_summary(&fleet, "the edit undone", |v| count(v, "Ready") == 6).await?;
     wait_metric(&fleet, "flotilla_deployments{state=\"Modified\"}", 0.0).await?;
 

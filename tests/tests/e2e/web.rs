@@ -6,53 +6,10 @@
 
 use flotilla_proto::agent::v1::DeploymentState;
 use flotilla_tests::browser::Browser;
+use flotilla_tests::fixtures::{WEB_DEPLOYMENT, branch_per_environment_gitrepo, config_map};
 use flotilla_tests::fleet::{TestFleet, wait_for};
 use flotilla_tests::git_server::TestRepo;
 use serde_json::{Value, json};
-
-fn config_map(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  greeting: hello\n"
-    )
-}
-
-const DEPLOYMENT: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 3
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: nginx:1.27
-";
-
-/// GitRepo `apps` with two environments: prod follows main, staging its own branch.
-const GITREPO: &str = r#"
-apiVersion: flotilla.dev/v1
-kind: GitRepo
-metadata:
-  name: apps
-spec:
-  repo: URL
-  paths: [web]
-  pollingInterval: 1h
-  environments:
-  - name: prod
-    branch: main
-    clusterSelector:
-      matchLabels: {env: prod}
-  - name: staging
-    branch: staging
-    clusterSelector:
-      matchLabels: {env: staging}
-"#;
 
 /// The grid cell of `env` x `apps/web` as "state|text", or null.
 fn cell(env: &str) -> String {
@@ -88,7 +45,10 @@ impl Watching {
             .add_cluster_labelled("stg-1", &["env=staging"])
             .await?;
         let path = fleet.admin_config().with_file_name("apps.yaml");
-        std::fs::write(&path, GITREPO.replace("URL", &fleet.git.http_url("apps")))?;
+        std::fs::write(
+            &path,
+            branch_per_environment_gitrepo(&fleet.git.http_url("apps"), &["web"]),
+        )?;
         fleet
             .cli(&["apply", "-f", path.to_str().expect("utf-8 path")])
             .await?;
@@ -265,7 +225,7 @@ async fn status_page_follows_a_deployment_that_never_becomes_available() -> anyh
     let w = Watching::start().await?;
     let kube = w.fleet.kube("stg-1");
     kube.pause_workload_controllers(true);
-    w.repo.write("web/deployment.yaml", DEPLOYMENT)?;
+    w.repo.write("web/deployment.yaml", WEB_DEPLOYMENT)?;
     w.commit("a Deployment").await?;
     wait_for("the Deployment applied", || async {
         kube.get_object("apps/v1", "Deployment", Some("default"), "web")

@@ -1,21 +1,6 @@
 //! The manifests of the health scenarios.
 
-pub(super) const DEPLOYMENT: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 3
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: nginx:1.27
-";
+pub(super) use flotilla_tests::fixtures::WEB_DEPLOYMENT as DEPLOYMENT;
 
 pub(super) const CONFIG_MAP: &str = "apiVersion: v1
 kind: ConfigMap
