@@ -94,6 +94,20 @@ fn fleet() -> (tempfile::TempDir, Arc<Fleet>) {
     (dir, f)
 }
 
+/// The fleet in `dir`, with GitRepo `r` stored (so that it is there after a reload) and
+/// targeted.
+fn load_with_repo(dir: &std::path::Path) -> Arc<Fleet> {
+    let f = Fleet::load(Store::open(dir).unwrap()).unwrap();
+    f.store()
+        .put_repo(&crate::model::GitRepo {
+            spec: spec("r"),
+            status: Default::default(),
+        })
+        .unwrap();
+    f.set_repo(spec("r")).unwrap();
+    f
+}
+
 #[tokio::test]
 async fn a_new_revision_reaches_connected_clusters_and_only_changes_notify() {
     let (_dir, f) = fleet();
@@ -159,14 +173,7 @@ fn everything_survives_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let east = cluster("east");
     {
-        let f = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
-        f.store()
-            .put_repo(&crate::model::GitRepo {
-                spec: spec("r"),
-                status: Default::default(),
-            })
-            .unwrap();
-        f.set_repo(spec("r")).unwrap();
+        let f = load_with_repo(dir.path());
         f.add_cluster(east.clone()).unwrap();
         let b = bundle("r", "app", "c1", "v1");
         let c = b.content.clone().unwrap();
@@ -531,14 +538,7 @@ fn transitions_are_kept_and_commit_to_ready_is_measured_once() {
     let east = cluster("east");
     let app = BundleId::new("r", "app");
     {
-        let f = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
-        f.store()
-            .put_repo(&crate::model::GitRepo {
-                spec: spec("r"),
-                status: Default::default(),
-            })
-            .unwrap();
-        f.set_repo(spec("r")).unwrap();
+        let f = load_with_repo(dir.path());
         f.add_cluster(east.clone()).unwrap();
         let b1 = bundle("r", "app", "c1", "v1");
         let c1 = b1.content.clone().unwrap();

@@ -293,23 +293,17 @@ impl api::admin_server::Admin for AdminService {
         req: Request<api::WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         authorize_admin(&self.0, &req)?;
-        let mut changes = self.0.fleet.subscribe();
-        let shutdown = self.0.shutdown.clone();
-        let stream = async_stream_changes(&self.0.tasks, move |tx| async move {
-            loop {
-                let version = *changes.borrow_and_update();
-                if tx.send(Ok(api::StatusChanged { version })).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    changed = changes.changed() => if changed.is_err() { return },
-                }
-                // Coalesce bursts: at most a few updates a second.
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        });
-        Ok(Response::new(stream))
+        // The web page's coalescing stream: the current version, then at most 4 a second.
+        let versions = crate::ui::versions_stream(
+            self.0.fleet.subscribe(),
+            self.0.shutdown.clone(),
+            Duration::from_millis(250),
+            None,
+        );
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            versions,
+            |version| Ok(api::StatusChanged { version }),
+        ))))
     }
 
     async fn get_ca(
@@ -479,19 +473,4 @@ fn validate_repo(r: api::AddGitRepoRequest, default_poll: Duration) -> Result<Gi
         };
         Status::invalid_argument(format!("{field}: {}", e.message))
     })
-}
-
-/// A stream fed by a task: `body` gets the sending half and runs until it returns or the
-/// receiver is dropped.
-fn async_stream_changes<F, Fut>(
-    tasks: &tokio_util::task::TaskTracker,
-    body: F,
-) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::StatusChanged, Status>> + Send>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<api::StatusChanged, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tasks.spawn(body(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -35,6 +35,7 @@ use tracing::debug;
 
 use crate::fleet::Fleet;
 use live::Live;
+pub(crate) use live::versions_stream;
 
 const CSS: &str = include_str!("flotilla.css");
 const SCRIPT: &str = include_str!("live.js");
